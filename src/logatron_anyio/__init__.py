@@ -1,0 +1,1 @@
+"""Logatron on anyio (asyncio and trio): servers, clients and the HTTP interface."""

@@ -1,0 +1,214 @@
+"""The server side of one connection: bytes in, protocol events out, reply bytes back.
+
+Contract: ``receive_data(data)`` only buffers (``b""`` means end of input; data after it is a
+``RuntimeError``); ``next_event()`` parses on demand and returns one event, ``NEED_DATA``, or
+``ConnectionClosed`` once input has ended. Whatever bytes arrive, ``next_event()`` returns
+events or raises :class:`RemoteProtocolError` (only for a first line that is not a valid
+``IAM``), never anything else.
+
+Strategy: the state machine is one Enum and the table ``TRANSITIONS``, consulted line by line.
+Once a client has identified itself, a block of lines that are all ``LOG`` lines (the stream's
+usual content) is recognised by one regular expression over the whole block and becomes a single
+:class:`Log` event; any other block takes the line-by-line path, which gives the same events.
+"""
+
+import re
+from collections import deque
+from enum import Enum
+
+from ._errors import ErrorCode, RemoteProtocolError
+from ._events import (
+    NEED_DATA,
+    ConnectionClosed,
+    ErrorReply,
+    Identify,
+    Log,
+    NeedData,
+    Ping,
+    Pong,
+    Rejected,
+    ServerEvent,
+    SetState,
+)
+from ._framing import LineBuffer, Piece
+from ._limits import MAX_LINE_BYTES
+from ._wire import encode_error, encode_pong, is_valid_name, split_command
+
+__all__ = ["TRANSITIONS", "ConnectionState", "LineKind", "ServerConnection", "classify"]
+
+
+class ConnectionState(Enum):
+    AWAIT_IAM = "await-iam"
+    IDENTIFIED = "identified"
+    FAILED = "failed"  # a fatal protocol error was raised; nothing more is parsed
+    CLOSED = "closed"  # input ended
+
+
+class LineKind(Enum):
+    IAM = "iam"
+    BAD_IAM = "bad-iam"  # IAM with a missing or invalid name
+    LOG = "log"
+    SET = "set"
+    BAD_SET = "bad-set"  # SET with a missing or invalid key
+    PING = "ping"
+    BLANK = "blank"
+    UNKNOWN = "unknown"
+
+
+class Outcome(Enum):
+    EMIT = "emit"  # the line's event is emitted
+    IGNORE = "ignore"
+    FAIL = "fail"  # fatal: bad-iam, the connection ends
+    REJECT_UNKNOWN = "reject-unknown"  # ERR unknown-command, the line is ignored
+    REJECT_SET = "reject-set"  # ERR bad-set, the line is ignored
+
+
+_A, _I = ConnectionState.AWAIT_IAM, ConnectionState.IDENTIFIED
+TRANSITIONS: dict[tuple[ConnectionState, LineKind], tuple[ConnectionState, Outcome]] = {
+    **{(_A, kind): (ConnectionState.FAILED, Outcome.FAIL) for kind in LineKind},
+    (_A, LineKind.IAM): (_I, Outcome.EMIT),
+    (_I, LineKind.IAM): (_I, Outcome.REJECT_UNKNOWN),  # a name is given once per connection
+    (_I, LineKind.BAD_IAM): (_I, Outcome.REJECT_UNKNOWN),
+    (_I, LineKind.LOG): (_I, Outcome.EMIT),
+    (_I, LineKind.SET): (_I, Outcome.EMIT),
+    (_I, LineKind.BAD_SET): (_I, Outcome.REJECT_SET),
+    (_I, LineKind.PING): (_I, Outcome.EMIT),
+    (_I, LineKind.BLANK): (_I, Outcome.IGNORE),
+    (_I, LineKind.UNKNOWN): (_I, Outcome.REJECT_UNKNOWN),
+}
+
+# A block of LOG lines only: one match per line, the trimmed message in group 1. Trimming in
+# the pattern costs less than searching the block for trailing whitespace afterwards.
+_LOG_LINE_RE = re.compile(r"^LOG(?:[ \t]+(.*[^ \t\n])?)?[ \t]*$", re.MULTILINE)
+
+
+def classify(line: str) -> tuple[LineKind, ServerEvent | None]:
+    """The kind of one decoded line (no newline) and the event it carries, if valid."""
+    command, argument = split_command(line)
+    if command == "LOG":
+        return LineKind.LOG, Log((argument,))
+    if command == "SET":
+        key, value = split_command(argument)
+        if is_valid_name(key):
+            return LineKind.SET, SetState(key, value)
+        return LineKind.BAD_SET, None
+    if command == "PING":
+        return LineKind.PING, Ping(argument)
+    if command == "IAM":
+        if is_valid_name(argument):
+            return LineKind.IAM, Identify(argument)
+        return LineKind.BAD_IAM, None
+    if not command:
+        return LineKind.BLANK, None
+    return LineKind.UNKNOWN, None
+
+
+class ServerConnection:
+    """Protocol state of one client connection, seen from the server.
+
+    ``max_line_bytes`` bounds each line and so the bytes buffered (ValueError below 1).
+    """
+
+    __slots__ = ("_error", "_events", "_framer", "_input_ended", "_pieces", "state")
+
+    def __init__(self, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self._framer = LineBuffer(max_line_bytes)
+        self._pieces: deque[Piece] = deque()
+        self._events: deque[ServerEvent] = deque()
+        self._input_ended = False
+        self._error: RemoteProtocolError | None = None
+        self.state = ConnectionState.AWAIT_IAM
+
+    @property
+    def max_line_bytes(self) -> int:
+        return self._framer.max_line_bytes
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer bytes from the peer; ``b""`` means the peer ended its side.
+
+        Raises RuntimeError for data after end of input. Bytes that arrive after a fatal error
+        are dropped.
+        """
+        if self._input_ended:
+            raise RuntimeError("received data after end of input")
+        if self.state is ConnectionState.FAILED:
+            return
+        if data:
+            self._pieces.extend(self._framer.feed(data))
+        else:
+            self._input_ended = True
+            self._pieces.extend(self._framer.close())
+
+    def next_event(self) -> ServerEvent | NeedData:
+        """The next event, ``NEED_DATA``, or ``ConnectionClosed`` (repeated) after end of input.
+
+        Raises RemoteProtocolError (code ``BAD_IAM``) when the first line is not a valid
+        ``IAM``; events parsed before it are returned first, and every later call raises the
+        same error.
+        """
+        while not self._events:
+            if self._error is not None:
+                raise self._error
+            if not self._pieces:
+                if self._input_ended:
+                    self.state = ConnectionState.CLOSED
+                    return ConnectionClosed()
+                return NEED_DATA
+            self._parse(*self._pieces.popleft())
+        return self._events.popleft()
+
+    def send(self, reply: Pong | ErrorReply) -> bytes:
+        """Encode a reply to the peer. Raises LocalProtocolError for a token with a line break."""
+        if isinstance(reply, Pong):
+            return encode_pong(reply.token)
+        return encode_error(reply.code, reply.text)
+
+    def _parse(self, data: bytes, truncated: bool) -> None:
+        text = data.decode("utf-8", "replace")
+        if truncated:
+            if self.state is ConnectionState.IDENTIFIED:
+                detail = f"line longer than {self.max_line_bytes} bytes, kept cut to the limit"
+                self._events.append(Rejected(ErrorCode.LINE_TOO_LONG, detail))
+            self._parse_lines([text], truncated=True)
+            return
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+        text = text[:-1]  # every block ends in a newline
+        if self.state is ConnectionState.AWAIT_IAM:
+            first, newline, text = text.partition("\n")
+            self._parse_lines([first])
+            if not newline or self._error is not None:
+                return
+        messages = _LOG_LINE_RE.findall(text)
+        if len(messages) == text.count("\n") + 1:
+            self._events.append(Log(tuple(messages)))
+        else:
+            self._parse_lines(text.split("\n"))
+
+    def _parse_lines(self, lines: list[str], *, truncated: bool = False) -> None:
+        """The line-by-line path: each line through the transition table."""
+        run: list[str] = []  # consecutive LOG messages, emitted as one event
+        for line in lines:
+            kind, event = classify(line)
+            self.state, outcome = TRANSITIONS[self.state, kind]
+            if outcome is Outcome.EMIT and isinstance(event, Log):
+                run.append(event.messages[0])
+                continue
+            if run:
+                self._events.append(Log(tuple(run)))
+                run = []
+            if outcome is Outcome.EMIT:
+                assert event is not None
+                self._events.append(event)
+            elif outcome is Outcome.REJECT_UNKNOWN:
+                detail = "IAM may be sent once" if kind is LineKind.IAM else "unknown command"
+                self._events.append(Rejected(ErrorCode.UNKNOWN_COMMAND, detail))
+            elif outcome is Outcome.REJECT_SET:
+                self._events.append(Rejected(ErrorCode.BAD_SET, "expected SET <key> <value>"))
+            elif outcome is Outcome.FAIL:
+                detail = "the first line must be IAM <name>"
+                self._error = RemoteProtocolError(ErrorCode.BAD_IAM, detail)
+                self._pieces.clear()
+                return
+        if run:
+            self._events.append(Log(tuple(run), truncated))

@@ -1,0 +1,120 @@
+"""Incremental line framing with a limit on each line.
+
+Strategy: bytes are split on ``\\n`` before any decoding (0x0A never occurs inside a UTF-8
+sequence). Complete lines are handed out as *blocks*: one ``bytes`` object holding a run of whole
+lines, each ending in ``\\n``, so the parser can work on a run at C speed. Only the unfinished
+last line is kept, and never more than ``max_line_bytes`` of it: a line longer than that is
+handed out at once, cut to the limit and flagged, and the rest of it is skipped up to its
+newline. The limit applies to each line (not to the buffer), so the output never depends on how
+the bytes were chunked, and every byte is searched once, so a long line that arrives a byte at a
+time costs O(n).
+"""
+
+import re
+
+from ._limits import MAX_LINE_BYTES
+
+__all__ = ["LineBuffer", "Piece"]
+
+# (data, truncated): a block of whole lines each ending in b"\n", or, when truncated is true,
+# one line cut to the limit (no newline).
+Piece = tuple[bytes, bool]
+
+
+class LineBuffer:
+    """Splits a byte stream into lines of at most ``max_line_bytes`` bytes (newline excluded).
+
+    Raises ``ValueError`` for a limit below 1.
+    """
+
+    __slots__ = ("_long_line", "_max", "_partial", "_skipping")
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        if max_line_bytes < 1:
+            raise ValueError("max_line_bytes must be at least 1")
+        self._max = max_line_bytes
+        self._partial = bytearray()
+        self._skipping = False
+        self._long_line = re.compile(b"[^\\n]{%d}" % (max_line_bytes + 1))
+
+    @property
+    def max_line_bytes(self) -> int:
+        return self._max
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the unfinished line (never more than ``max_line_bytes``)."""
+        return len(self._partial)
+
+    def feed(self, data: bytes) -> list[Piece]:
+        """Take the next bytes of the stream and return the pieces they complete, in order."""
+        pieces: list[Piece] = []
+        start = 0
+        if self._skipping or self._partial:
+            newline = data.find(b"\n")
+            if newline < 0:
+                self._hold(data, pieces)
+                return pieces
+            if self._skipping:
+                self._skipping = False
+            else:
+                line = self._partial + data[:newline]
+                self._partial.clear()
+                if len(line) > self._max:
+                    pieces.append((bytes(line[: self._max]), True))
+                else:
+                    line.append(0x0A)
+                    pieces.append((bytes(line), False))
+            start = newline + 1
+        last = data.rfind(b"\n", start)
+        if last >= 0:
+            if start == 0 and last == len(data) - 1:
+                block = data
+            else:
+                block = data[start : last + 1]
+            if len(block) > self._max + 1 and self._long_line.search(block):
+                self._cut_long_lines(block, pieces)
+            else:
+                pieces.append((block, False))
+            start = last + 1
+        if start < len(data):
+            self._hold(data[start:], pieces)
+        return pieces
+
+    def close(self) -> list[Piece]:
+        """End of input: an unfinished last line is handed out as if it had ended."""
+        pieces: list[Piece] = []
+        if self._partial:
+            self._partial.append(0x0A)
+            pieces.append((bytes(self._partial), False))
+            self._partial.clear()
+        self._skipping = False
+        return pieces
+
+    def _hold(self, data: bytes, pieces: list[Piece]) -> None:
+        """Keep ``data`` (no newline in it) as part of the unfinished line, within the limit."""
+        if self._skipping:
+            return
+        room = self._max - len(self._partial)
+        if len(data) <= room:
+            self._partial += data
+            return
+        self._partial += data[:room]
+        pieces.append((bytes(self._partial), True))
+        self._partial.clear()
+        self._skipping = True
+
+    def _cut_long_lines(self, block: bytes, pieces: list[Piece]) -> None:
+        run: list[bytes] = []
+        for line in block[:-1].split(b"\n"):
+            if len(line) <= self._max:
+                run.append(line)
+                continue
+            if run:
+                run.append(b"")
+                pieces.append((b"\n".join(run), False))
+                run = []
+            pieces.append((line[: self._max], True))
+        if run:
+            run.append(b"")
+            pieces.append((b"\n".join(run), False))

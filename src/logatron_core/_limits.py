@@ -1,0 +1,39 @@
+"""Default limits of the protocol and the registry, each with the precedent it follows.
+
+Every limit here is a default: the registry and the connections take their own values, and the
+``logatron serve`` command exposes each as a flag.
+"""
+
+__all__ = [
+    "DEFAULT_BUFFER_SIZE",
+    "DEFAULT_MAX_CLIENTS",
+    "DEFAULT_MAX_RETAINED",
+    "DEFAULT_MAX_STATE_KEYS",
+    "DEFAULT_RETENTION_SECONDS",
+    "MAX_LINE_BYTES",
+    "MAX_NAME_LENGTH",
+]
+
+# The original logatron kept the last 128 lines per client.
+DEFAULT_BUFFER_SIZE = 128
+
+# Longest line, in bytes, before the newline (a `\r` before it included). Longer lines are cut
+# here and marked truncated. 64 KiB is the default of rsyslog's imtcp `MaxMessageSize` ceiling and
+# of systemd-journald's line limit (LineMax is 48K); it bounds the memory each connection buffers.
+MAX_LINE_BYTES = 64 * 1024
+
+# Client names and state keys: 1 to 128 characters of `[A-Za-z0-9_.:@-]` (the original accepted
+# `\w+`, with no length limit).
+MAX_NAME_LENGTH = 128
+
+# Connected clients at once. Each costs one socket and at most buffer_size lines; 10,000 is well
+# under a default `ulimit -n` raised for servers and far above the fleets this serves.
+DEFAULT_MAX_CLIENTS = 10_000
+
+# State keys per client; a new key past it is refused with `ERR too-many-keys`.
+DEFAULT_MAX_STATE_KEYS = 1024
+
+# Disconnected clients stay readable this long (seconds), at most this many of them, oldest
+# dropped first. 0 for either gives the original's behaviour: forget a client when it closes.
+DEFAULT_RETENTION_SECONDS = 3600.0
+DEFAULT_MAX_RETAINED = 1000
