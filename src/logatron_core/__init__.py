@@ -47,6 +47,7 @@ from ._limits import (
     DEFAULT_RETENTION_SECONDS,
     MAX_LINE_BYTES,
     MAX_NAME_LENGTH,
+    MAX_PENDING_REPLY_BYTES,
 )
 from ._registry import ClientHandle, ClientInfo, Registry, RegistryStats, Subscriber
 from ._session import Session
@@ -60,6 +61,7 @@ __all__ = (
     "DEFAULT_RETENTION_SECONDS",
     "MAX_LINE_BYTES",
     "MAX_NAME_LENGTH",
+    "MAX_PENDING_REPLY_BYTES",
     "NEED_DATA",
     "ClientClosed",
     "ClientConnection",

@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_RETENTION_SECONDS",
     "MAX_LINE_BYTES",
     "MAX_NAME_LENGTH",
+    "MAX_PENDING_REPLY_BYTES",
 ]
 
 # The original logatron kept the last 128 lines per client.
@@ -21,6 +22,10 @@ DEFAULT_BUFFER_SIZE = 128
 # here and marked truncated. 64 KiB is the default of rsyslog's imtcp `MaxMessageSize` ceiling and
 # of systemd-journald's line limit (LineMax is 48K); it bounds the memory each connection buffers.
 MAX_LINE_BYTES = 64 * 1024
+
+# Replies (PONG, ERR) waiting to be written to one peer. A peer that does not read gets the
+# replies past this bound dropped, so it can never make the server wait or grow its memory.
+MAX_PENDING_REPLY_BYTES = 64 * 1024
 
 # Client names and state keys: 1 to 128 characters of `[A-Za-z0-9_.:@-]` (the original accepted
 # `\w+`, with no length limit).
