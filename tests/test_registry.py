@@ -1,0 +1,272 @@
+"""The registry against a plain model, and its promises: copies, errors, ordered events."""
+
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from logatron_core import (
+    ClientClosed,
+    ClientHandle,
+    ClientReady,
+    Logged,
+    NameTaken,
+    NoSuchClient,
+    Registry,
+    RegistryEvent,
+    StateSet,
+    TooManyClients,
+    TooManyKeys,
+)
+
+BUFFER, MAX_CLIENTS, MAX_KEYS, RETENTION, MAX_RETAINED = 3, 2, 2, 5.0, 2
+NAMES = st.sampled_from(["a", "b", "c", "d"])
+
+
+@dataclass
+class ModelClient:
+    connected: bool = True
+    disconnected_at: float | None = None
+    log: list[tuple[int, str]] = field(default_factory=list)
+    state: dict[str, str] = field(default_factory=dict)
+    evicted: int = 0
+
+
+class RegistryMachine(RuleBasedStateMachine):
+    """Random connect/log/set/disconnect/reconnect/clock steps against a dictionary model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.registry = Registry(
+            buffer_size=BUFFER,
+            max_clients=MAX_CLIENTS,
+            max_state_keys=MAX_KEYS,
+            retention_seconds=RETENTION,
+            max_retained=MAX_RETAINED,
+        )
+        self.events: list[RegistryEvent] = []
+        self.registry.subscribe(self.events.append)
+        self.expected_events: list[RegistryEvent] = []
+        self.handles: dict[str, ClientHandle] = {}
+        self.model: dict[str, ModelClient] = {}
+        self.retained: list[str] = []  # oldest first
+        self.now = 1000.0
+        self.seq = 0
+
+    def expire(self) -> None:
+        while self.retained:
+            oldest = self.model[self.retained[0]]
+            assert oldest.disconnected_at is not None
+            if len(self.retained) <= MAX_RETAINED and self.now - oldest.disconnected_at < RETENTION:
+                break
+            del self.model[self.retained.pop(0)]
+
+    @rule(name=NAMES)
+    def connect(self, name: str) -> None:
+        self.expire()
+        client = self.model.get(name)
+        connected = sum(c.connected for c in self.model.values())
+        if client is not None and client.connected:
+            with pytest.raises(NameTaken):
+                self.registry.connect(name, self.now)
+            return
+        if connected >= MAX_CLIENTS:
+            with pytest.raises(TooManyClients):
+                self.registry.connect(name, self.now)
+            return
+        self.handles[name] = self.registry.connect(name, self.now)
+        if client is None:
+            self.model[name] = ModelClient()
+        else:
+            self.retained.remove(name)
+            client.connected, client.disconnected_at = True, None
+        self.expected_events.append(ClientReady(name, self.now))
+
+    @rule(name=NAMES, messages=st.lists(st.sampled_from(["x", "", "y z"]), max_size=5))
+    def log(self, name: str, messages: list[str]) -> None:
+        client = self.model.get(name)
+        if client is None or not client.connected:
+            return
+        self.registry.append(self.handles[name], messages, self.now)
+        if messages:
+            self.expected_events.append(Logged(name, self.seq + 1, self.now, tuple(messages)))
+        for message in messages:
+            self.seq += 1
+            client.log.append((self.seq, message))
+        client.evicted += max(0, len(client.log) - BUFFER)
+        del client.log[:-BUFFER]
+
+    @rule(name=NAMES, key=st.sampled_from(["k1", "k2", "k3"]), value=st.sampled_from(["", "v"]))
+    def set_state(self, name: str, key: str, value: str) -> None:
+        client = self.model.get(name)
+        if client is None or not client.connected:
+            return
+        if key not in client.state and len(client.state) >= MAX_KEYS:
+            with pytest.raises(TooManyKeys):
+                self.registry.set_state(self.handles[name], key, value, self.now)
+            return
+        self.registry.set_state(self.handles[name], key, value, self.now)
+        client.state[key] = value
+        self.expected_events.append(StateSet(name, key, value, self.now))
+
+    @rule(name=NAMES)
+    def disconnect(self, name: str) -> None:
+        client = self.model.get(name)
+        if client is None:
+            return
+        self.registry.disconnect(self.handles[name], self.now)
+        if client.connected:
+            client.connected, client.disconnected_at = False, self.now
+            self.retained.append(name)
+            self.expected_events.append(ClientClosed(name, self.now))
+        self.expire()
+
+    @rule(seconds=st.sampled_from([0.5, 2.0, 4.9, 6.0]))
+    def advance_clock(self, seconds: float) -> None:
+        self.now += seconds
+        self.registry.expire(self.now)
+        self.expire()
+
+    @invariant()
+    def matches_the_model(self) -> None:
+        registry = self.registry
+        assert registry.names() == sorted(self.model)
+        assert registry.last_seq == self.seq
+        assert registry.connected_count == sum(c.connected for c in self.model.values())
+        for name, expected in self.model.items():
+            info = registry.client(name)
+            assert info.connected == expected.connected
+            assert info.disconnected_at == expected.disconnected_at
+            assert [(e.seq, e.message) for e in info.log] == expected.log
+            assert info.state == expected.state
+            assert info.lines_evicted == expected.evicted
+        assert self.events == self.expected_events
+        recent = registry.recent()
+        assert [e.seq for e in recent] == sorted(e.seq for e in recent)
+
+
+RegistryMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40)
+test_registry_matches_model = RegistryMachine.TestCase
+
+
+def test_unknown_name_raises_no_such_client_a_key_error() -> None:
+    registry = Registry()
+    for query in (registry.client, registry.log, registry.state, registry.oldest_seq):
+        with pytest.raises(NoSuchClient) as raised:
+            query("ghost")
+        assert isinstance(raised.value, KeyError)
+    with pytest.raises(NoSuchClient):
+        registry.recent(client="ghost")
+
+
+def test_results_are_copies() -> None:
+    registry = Registry()
+    handle = registry.connect("a", 1.0)
+    registry.set_state(handle, "k", "v", 1.0)
+    registry.append(handle, ["one"], 1.0)
+    registry.state("a")["k"] = "changed"
+    registry.client("a").state["k"] = "changed"
+    registry.client("a").log.clear()
+    registry.log("a").clear()
+    registry.stats.errors["x"] = 1
+    assert registry.state("a") == {"k": "v"}
+    assert [e.message for e in registry.log("a")] == ["one"]
+    assert registry.stats.errors == {}
+
+
+def test_a_raising_subscriber_breaks_neither_ingest_nor_other_subscribers() -> None:
+    registry = Registry()
+    seen: list[RegistryEvent] = []
+
+    def broken(event: RegistryEvent) -> None:
+        raise RuntimeError("subscriber bug")
+
+    registry.subscribe(broken)
+    registry.subscribe(seen.append)
+    handle = registry.connect("a", 1.0)
+    registry.append(handle, ["x"], 2.0)
+    assert [type(e) for e in seen] == [ClientReady, Logged]
+    assert registry.stats.subscriber_errors == 2
+    assert [e.message for e in registry.log("a")] == ["x"]
+
+
+def test_unsubscribe_stops_events() -> None:
+    registry = Registry()
+    seen: list[RegistryEvent] = []
+    unsubscribe = registry.subscribe(seen.append)
+    registry.connect("a", 1.0)
+    unsubscribe()
+    unsubscribe()  # idempotent
+    registry.connect("b", 1.0)
+    assert len(seen) == 1 and registry.subscriber_count == 0
+
+
+def test_logged_event_expands_to_entries() -> None:
+    registry = Registry()
+    seen: list[RegistryEvent] = []
+    registry.subscribe(seen.append)
+    handle = registry.connect("a", 1.0)
+    registry.append(handle, ["x", "y"], 2.0)
+    logged = seen[-1]
+    assert isinstance(logged, Logged) and logged.last_seq == 2
+    assert [(e.client, e.seq, e.message) for e in logged.entries()] == [
+        ("a", 1, "x"),
+        ("a", 2, "y"),
+    ]
+
+
+def test_log_since_and_limit_page_forward() -> None:
+    registry = Registry(buffer_size=10)
+    handle = registry.connect("a", 1.0)
+    registry.append(handle, [str(i) for i in range(1, 8)], 1.0)
+    assert [e.seq for e in registry.log("a", since=2, limit=3)] == [3, 4, 5]
+    assert [e.seq for e in registry.log("a", since=5)] == [6, 7]
+    assert registry.oldest_seq("a") == 1
+
+
+def test_recent_merges_clients_by_seq() -> None:
+    registry = Registry()
+    a, b = registry.connect("a", 1.0), registry.connect("b", 1.0)
+    registry.append(a, ["a1"], 1.0)
+    registry.append(b, ["b1", "b2"], 2.0)
+    registry.append(a, ["a2"], 3.0)
+    assert [e.message for e in registry.recent()] == ["a1", "b1", "b2", "a2"]
+    assert [e.message for e in registry.recent(since=2, client="b")] == ["b2"]
+    assert [e.message for e in registry.recent(since=1, limit=2)] == ["b1", "b2"]
+
+
+def test_zero_retention_forgets_on_close() -> None:
+    for registry in (Registry(retention_seconds=0), Registry(max_retained=0)):
+        handle = registry.connect("a", 1.0)
+        registry.disconnect(handle, 2.0)
+        assert registry.names() == []
+
+
+def test_reconnect_resumes_the_retained_record() -> None:
+    registry = Registry()
+    handle = registry.connect("a", 1.0)
+    registry.append(handle, ["before"], 1.0)
+    registry.set_state(handle, "k", "v", 1.0)
+    registry.disconnect(handle, 2.0)
+    handle = registry.connect("a", 3.0)
+    registry.append(handle, ["after"], 3.0)
+    info = registry.client("a")
+    assert [e.message for e in info.log] == ["before", "after"]
+    assert info.state == {"k": "v"} and info.connected_at == 3.0
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"buffer_size": 0},
+        {"max_clients": 0},
+        {"max_state_keys": 0},
+        {"retention_seconds": -1},
+        {"max_retained": -1},
+    ],
+)
+def test_invalid_limits_are_refused(limits: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        Registry(**limits)  # type: ignore[arg-type]

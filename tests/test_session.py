@@ -1,0 +1,82 @@
+"""A Session drives one connection against the registry: every ERR code, replies, close."""
+
+from logatron_core import Registry, Session
+
+
+def session(registry: Registry | None = None, **limits: int) -> tuple[Session, Registry]:
+    registry = registry or Registry(**limits)
+    return Session(registry), registry
+
+
+def test_lines_reach_the_registry_and_ping_is_a_barrier() -> None:
+    s, registry = session()
+    reply = s.receive_data(b"IAM bob\nLOG one\nSET mood ok\nLOG two\nPING 42\n", 10.0)
+    assert reply == b"PONG 42\n"
+    assert [e.message for e in registry.log("bob")] == ["one", "two"]
+    assert registry.state("bob") == {"mood": "ok"}
+
+
+def test_bad_iam_answers_and_closes() -> None:
+    s, registry = session()
+    assert s.receive_data(b"LOG first\n", 1.0).startswith(b"ERR bad-iam ")
+    assert s.closed and registry.names() == []
+    assert registry.stats.errors == {"bad-iam": 1}
+    assert s.receive_data(b"IAM late\n", 2.0) == b""
+
+
+def test_name_taken_answers_and_closes() -> None:
+    first, registry = session()
+    first.receive_data(b"IAM bob\n", 1.0)
+    second = Session(registry)
+    assert second.receive_data(b"IAM bob\nLOG mine\n", 2.0).startswith(b"ERR name-taken ")
+    assert second.closed and not first.closed
+    assert registry.log("bob") == [] and registry.client("bob").connected
+
+
+def test_too_many_clients_answers_and_closes() -> None:
+    first, registry = session(max_clients=1)
+    first.receive_data(b"IAM a\n", 1.0)
+    second = Session(registry)
+    assert second.receive_data(b"IAM b\n", 1.0).startswith(b"ERR too-many-clients ")
+    assert second.closed and registry.names() == ["a"]
+
+
+def test_non_fatal_errors_answer_and_keep_the_connection() -> None:
+    s, registry = session(max_state_keys=1)
+    reply = s.receive_data(b"IAM a\nNOPE\nSET\nSET k 1\nSET j 2\nSET k 3\nPING\n", 1.0)
+    assert reply.splitlines() == [
+        b"ERR unknown-command unknown command",
+        b"ERR bad-set expected SET <key> <value>",
+        b"ERR too-many-keys a holds its limit of 1 keys",
+        b"PONG",
+    ]
+    assert not s.closed
+    assert registry.state("a") == {"k": "3"}
+    assert registry.client("a").errors == 3
+
+
+def test_line_too_long_is_kept_truncated_and_answered() -> None:
+    registry = Registry()
+    s = Session(registry, max_line_bytes=8)
+    reply = s.receive_data(b"IAM a\nLOG 0123456789\nLOG ok\n", 1.0)
+    assert reply.startswith(b"ERR line-too-long ")
+    entries = registry.log("a")
+    assert [(e.message, e.truncated) for e in entries] == [("0123", True), ("ok", False)]
+    assert registry.stats.lines_truncated == 1
+
+
+def test_end_of_input_applies_the_last_line_and_disconnects() -> None:
+    s, registry = session()
+    s.receive_data(b"IAM a\nLOG half", 1.0)
+    assert registry.log("a") == []
+    assert s.receive_data(b"", 2.0) == b""
+    assert s.closed
+    client = registry.client("a")
+    assert [e.message for e in client.log] == ["half"]
+    assert not client.connected and client.disconnected_at == 2.0
+
+
+def test_bytes_received_are_counted() -> None:
+    s, registry = session()
+    s.receive_data(b"IAM a\nLOG x\n", 1.0)
+    assert registry.stats.bytes_received == 12
