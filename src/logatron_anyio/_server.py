@@ -1,0 +1,368 @@
+"""The TCP server on anyio: one task per connection feeding a ``logatron_core.Session``.
+
+Every protocol decision is the core's; this module moves bytes. Strategy, for speed: a
+connection reads with large receives (256 KiB) and hands each chunk to
+``Session.receive_data`` at once, so the per-chunk overhead is spread over thousands of lines.
+Replies (``PONG``/``ERR``) go through a per-connection writer task fed by a buffer bounded in
+bytes (``MAX_PENDING_REPLY_BYTES``): a peer that never reads can neither slow its own reader nor
+anyone else; past the bound its replies are dropped and counted in ``replies_dropped``.
+
+Shutdown: cancelling ``serve()`` closes every connection; each one's session is ended with
+``receive_data(b"", now)`` so its ``ClientClosed`` event is delivered, whatever the reason the
+connection ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from logatron_core import (
+    MAX_LINE_BYTES,
+    MAX_PENDING_REPLY_BYTES,
+    Registry,
+    RegistryEvent,
+    Session,
+)
+
+__all__ = ["EventStream", "Lagged", "LogatronServer"]
+
+logger = logging.getLogger("logatron.server")
+
+# Bytes asked for per receive. asyncio's transports read at most 256 KiB at a time; larger
+# chunks spread the per-chunk cost (a task switch, a clock read, a call into the core) thinner.
+RECEIVE_BYTES = 256 * 1024
+
+# How long a closing connection may take to flush its last replies (a fatal ERR) to a peer that
+# does not read, before the socket is closed anyway.
+CLOSE_GRACE_SECONDS = 2.0
+
+# How often retained clients past their retention are forgotten.
+EXPIRE_INTERVAL_SECONDS = 1.0
+
+# Pause after an accept() failure (out of file descriptors, ...) before accepting again.
+ACCEPT_RETRY_SECONDS = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Lagged:
+    """The consumer of :meth:`LogatronServer.events` fell behind: ``missed`` events were dropped
+    here, between the event before this notice and the one after it."""
+
+    missed: int
+
+
+class EventStream:
+    """Registry events through a bounded queue; an async iterator and an async context manager.
+
+    Subscribes at creation. The subscriber never waits: when ``max_queue`` events are queued,
+    later ones are dropped and the consumer then receives a :class:`Lagged` notice, in order,
+    before the events that were kept after the drop. ``aclose()`` (or leaving the ``async
+    with`` block) unsubscribes and ends the iteration.
+    """
+
+    __slots__ = ("_closed", "_max_queue", "_missed", "_queue", "_unsubscribe", "_wakeup")
+
+    def __init__(self, registry: Registry, max_queue: int = 1000) -> None:
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, not {max_queue}")
+        self._max_queue = max_queue
+        self._queue: deque[RegistryEvent | Lagged] = deque()
+        self._missed = 0
+        self._wakeup: anyio.Event | None = None
+        self._closed = False
+        self._unsubscribe = registry.subscribe(self._put)
+
+    def _put(self, event: RegistryEvent) -> None:
+        queue = self._queue
+        if len(queue) >= self._max_queue:
+            self._missed += 1
+            return
+        if self._missed:
+            queue.append(Lagged(self._missed))
+            self._missed = 0
+        queue.append(event)
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> RegistryEvent | Lagged:
+        """The next event (or Lagged notice); waits for one. Ends once closed."""
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._queue:
+                await anyio.lowlevel.checkpoint()
+                return self._queue.popleft()
+            if self._missed:
+                await anyio.lowlevel.checkpoint()
+                missed, self._missed = self._missed, 0
+                return Lagged(missed)
+            wakeup = self._wakeup = anyio.Event()
+            await wakeup.wait()
+
+    async def aclose(self) -> None:
+        """Unsubscribe; iteration ends (queued events are discarded)."""
+        self._closed = True
+        self._unsubscribe()
+        self._queue.clear()
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+        await anyio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class _Replies:
+    """The bounded buffer of reply bytes between a connection's reader and its writer task."""
+
+    __slots__ = ("_receive", "_send", "_server", "pending")
+
+    def __init__(self, server: LogatronServer) -> None:
+        self._server = server
+        self.pending = 0
+        send, receive = anyio.create_memory_object_stream[bytes](float("inf"))
+        self._send: MemoryObjectSendStream[bytes] = send
+        self._receive: MemoryObjectReceiveStream[bytes] = receive
+
+    def put(self, reply: bytes) -> None:
+        """Queue ``reply`` without waiting; drop it (and count it) past the bound."""
+        if self.pending + len(reply) > MAX_PENDING_REPLY_BYTES:
+            self._server.replies_dropped += 1
+            return
+        try:
+            self._send.send_nowait(reply)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # the writer gave up: the peer is gone
+        self.pending += len(reply)
+
+    def finish(self) -> None:
+        """No more replies: the writer sends what is queued, then ends."""
+        self._send.close()
+
+    async def write_all(self, stream: anyio.abc.SocketStream) -> None:
+        """The writer task: send queued replies, joined, until ``finish()`` or a broken peer."""
+        receive = self._receive
+        with receive:
+            async for reply in receive:
+                parts = [reply]
+                while True:
+                    try:
+                        parts.append(receive.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                    except anyio.EndOfStream:
+                        break
+                data = b"".join(parts)
+                try:
+                    await stream.send(data)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    return
+                finally:
+                    self.pending -= len(data)
+
+
+def _format_address(address: tuple[str, int]) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class LogatronServer:
+    """The Logatron TCP server on anyio (asyncio or trio).
+
+    ``port=0`` picks an ephemeral port; once ``serve()`` has started (``await
+    tg.start(server.serve)``), ``port`` and ``address`` hold the real ones. ``registry`` is
+    shared by every connection (a new default one if not given); ``clock`` gives the timestamps.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 2212,
+        *,
+        registry: Registry | None = None,
+        max_line_bytes: int = MAX_LINE_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_line_bytes < 1:
+            raise ValueError(f"max_line_bytes must be at least 1, not {max_line_bytes}")
+        self.host = host
+        self.port = port
+        self.registry = registry if registry is not None else Registry()
+        self.max_line_bytes = max_line_bytes
+        self.clock = clock
+        self.address: tuple[str, int] = (host, port)
+        self.replies_dropped = 0
+        self.connections = 0  # open right now
+
+    def events(self, max_queue: int = 1000) -> EventStream:
+        """Registry events from now on, through a queue of ``max_queue`` (see EventStream).
+
+        Use as ``async with server.events() as events: async for event in events: ...``.
+        Raises ValueError for ``max_queue`` below 1.
+        """
+        return EventStream(self.registry, max_queue)
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen and serve until cancelled, then close every connection.
+
+        Reports ``address`` (host, port) through ``task_status`` once listening. Raises OSError
+        when it cannot listen (address in use, unknown host). Never returns otherwise.
+        """
+        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        async with listener, anyio.create_task_group() as tg:
+            bound = listener.listeners[0].extra(anyio.abc.SocketAttribute.local_address)
+            assert isinstance(bound, tuple)
+            self.address = (str(bound[0]), int(bound[1]))
+            self.port = self.address[1]
+            for one in listener.listeners:
+                assert isinstance(one, anyio.abc.SocketListener)
+                tg.start_soon(self._accept_loop, one, tg)
+            tg.start_soon(self._expire_loop)
+            logger.info(
+                "listening on %s",
+                _format_address(self.address),
+                extra={"event": "listening", "address": _format_address(self.address)},
+            )
+            task_status.started(self.address)
+
+    async def _accept_loop(
+        self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup
+    ) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as error:  # out of file descriptors, aborted connection...
+                logger.warning(
+                    "accept failed: %s",
+                    error,
+                    extra={"event": "accept-failed", "error": str(error)},
+                )
+                await anyio.sleep(ACCEPT_RETRY_SECONDS)
+                continue
+            tg.start_soon(self._handle, stream)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await anyio.sleep(EXPIRE_INTERVAL_SECONDS)
+            self.registry.expire(self.clock())
+
+    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
+        session = Session(self.registry, max_line_bytes=self.max_line_bytes)
+        peer = "?"
+        self.connections += 1
+        try:
+            raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            try:
+                peer = _format_address(raw.getpeername())
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # the peer is gone already: the first receive will say so
+            replies = _Replies(self)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(replies.write_all, stream)
+                try:
+                    await self._read_loop(stream, session, replies, peer)
+                finally:
+                    replies.finish()
+                # The writer flushes the last replies (a fatal ERR), within a grace period.
+                tg.cancel_scope.deadline = anyio.current_time() + CLOSE_GRACE_SECONDS
+        except Exception as error:  # a bug here must never take the whole server down
+            logger.exception(
+                "connection from %s failed",
+                peer,
+                extra={"event": "connection-failed", "peer": peer, "error": repr(error)},
+            )
+        finally:
+            self.connections -= 1
+            name = session.name
+            if not session.closed:
+                session.receive_data(b"", self.clock())
+            if name is not None:
+                logger.info(
+                    "client %s disconnected (%s)",
+                    name,
+                    peer,
+                    extra={"event": "client-closed", "client": name, "peer": peer},
+                )
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _read_loop(
+        self, stream: anyio.abc.SocketStream, session: Session, replies: _Replies, peer: str
+    ) -> None:
+        receive = stream.receive
+        feed = session.receive_data
+        clock = self.clock
+        named = False
+        while True:
+            try:
+                data = await receive(RECEIVE_BYTES)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                data = b""
+            reply = feed(data, clock())
+            if reply:
+                replies.put(reply)
+                if b"ERR " in reply:
+                    _log_errors(reply, session.name, peer)
+            if not named and session.name is not None:
+                named = True
+                logger.info(
+                    "client %s connected (%s)",
+                    session.name,
+                    peer,
+                    extra={"event": "client-ready", "client": session.name, "peer": peer},
+                )
+            if session.closed or not data:
+                return
+
+
+def _log_errors(reply: bytes, name: str | None, peer: str) -> None:
+    """One log record per reply chunk (not per ERR line: a flooding peer must not flood it)."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    errors = [line for line in reply.decode("utf-8", "replace").splitlines() if line[:4] == "ERR "]
+    if not errors:
+        return
+    code = errors[0].split(" ", 2)[1]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    logger.info(
+        "%s: %s%s",
+        name or peer,
+        errors[0],
+        more,
+        extra={
+            "event": "error-reply",
+            "client": name,
+            "peer": peer,
+            "code": code,
+            "count": len(errors),
+        },
+    )
