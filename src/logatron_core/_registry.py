@@ -1,10 +1,12 @@
 """The registry: every client's ring buffer of recent lines, its state, and who is listening.
 
-Strategy: a client's log is a ``deque(maxlen=buffer_size)`` of plain tuples
-``(seq, timestamp, message, truncated)``; a run of lines is appended with one ``extend`` over a
-``zip``, so storing a line costs no Python-level work per line. Public results are built from
-those tuples on demand and are always copies. The clock is never read here: every call that
-changes something takes ``now`` (seconds since the epoch).
+Strategy: a client's log is a ring of *runs*: each run is the tuple of messages that arrived
+together, with its first seq and its timestamp (the seqs of a run are consecutive). Storing a
+run of a thousand lines is one ``deque.append``; eviction drops whole runs from the left and
+skips into the oldest one, so the per-line cost of storing is nil. A run longer than the buffer
+is sliced to its newest ``buffer_size`` messages first, so memory stays below twice the buffer.
+Public results are built from the runs on demand and are always copies. The clock is never read
+here: every call that changes something takes ``now`` (seconds since the epoch).
 
 Events go to subscribers synchronously and in order; an exception raised by a subscriber is
 counted in ``stats.subscriber_errors`` and never reaches ingest or the other subscribers.
@@ -12,9 +14,9 @@ counted in ``stats.subscriber_errors`` and never reaches ingest or the other sub
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice, repeat
+from itertools import islice
 
 from ._errors import ErrorCode, NameTaken, NoSuchClient, TooManyClients, TooManyKeys
 from ._events import ClientClosed, ClientReady, LogEntry, Logged, RegistryEvent, StateSet
@@ -29,7 +31,7 @@ from ._limits import (
 __all__ = ["ClientHandle", "ClientInfo", "Registry", "RegistryStats", "Subscriber"]
 
 Subscriber = Callable[[RegistryEvent], object]
-_Stored = tuple[int, float, str, bool]  # seq, timestamp, message, truncated
+_Run = tuple[int, float, Sequence[str], bool]  # first seq, timestamp, messages, truncated
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,20 +66,24 @@ class ClientHandle:
     """One client's record; opaque outside the registry (see :meth:`Registry.connect`)."""
 
     __slots__ = (
+        "buffered",
         "connected",
         "connected_at",
         "disconnected_at",
         "errors",
+        "head_skip",
         "lines_evicted",
         "lines_received",
-        "log",
         "name",
+        "runs",
         "state",
     )
 
-    def __init__(self, name: str, buffer_size: int, now: float) -> None:
+    def __init__(self, name: str, now: float) -> None:
         self.name = name
-        self.log: deque[_Stored] = deque(maxlen=buffer_size)
+        self.runs: deque[_Run] = deque()
+        self.head_skip = 0  # messages of runs[0] already evicted
+        self.buffered = 0  # messages in the log
         self.state: dict[str, str] = {}
         self.connected = True
         self.connected_at = now
@@ -86,9 +92,44 @@ class ClientHandle:
         self.lines_evicted = 0
         self.errors = 0
 
-    def entries(self, since: int = 0) -> Iterable[LogEntry]:
-        name = self.name
-        return (LogEntry(name, *stored) for stored in self.log if stored[0] > since)
+    def store(self, run: _Run, buffer_size: int) -> int:
+        """Append a run, evicting the oldest lines past ``buffer_size``; returns how many."""
+        first, timestamp, messages, truncated = run
+        count = len(messages)
+        if count >= buffer_size:
+            evicted = self.buffered + count - buffer_size
+            self.runs.clear()
+            keep = count - buffer_size
+            self.runs.append((first + keep, timestamp, messages[keep:], truncated))
+            self.head_skip, self.buffered = 0, buffer_size
+            return evicted
+        self.runs.append(run)
+        self.buffered += count
+        evicted = overflow = self.buffered - buffer_size
+        while overflow > 0:
+            available = len(self.runs[0][2]) - self.head_skip
+            if available > overflow:
+                self.head_skip += overflow
+                break
+            self.runs.popleft()
+            self.head_skip = 0
+            overflow -= available
+        if evicted <= 0:
+            return 0
+        self.buffered = buffer_size
+        return evicted
+
+    def oldest_seq(self) -> int | None:
+        return self.runs[0][0] + self.head_skip if self.runs else None
+
+    def entries(self, since: int = 0) -> Iterator[LogEntry]:
+        """The buffered lines with ``seq > since``, oldest first."""
+        name, skip = self.name, self.head_skip
+        for first, timestamp, messages, truncated in self.runs:
+            start = max(skip, since - first + 1)
+            skip = 0
+            for index in range(start, len(messages)):
+                yield LogEntry(name, first + index, timestamp, messages[index], truncated)
 
 
 def _positive(name: str, value: int) -> int:
@@ -143,7 +184,7 @@ class Registry:
         if self._connected >= self.max_clients:
             raise TooManyClients(f"the server holds its limit of {self.max_clients} clients")
         if client is None:
-            client = self._clients[name] = ClientHandle(name, self.buffer_size, now)
+            client = self._clients[name] = ClientHandle(name, now)
         else:
             del self._retained[name]
             client.connected, client.connected_at, client.disconnected_at = True, now, None
@@ -161,18 +202,19 @@ class Registry:
             return
         first = self._last_seq + 1
         self._last_seq += count
-        log = client.log
-        evicted = len(log) + count - self.buffer_size
-        if evicted > 0:
+        if not isinstance(messages, tuple):
+            messages = tuple(messages)  # stored and shared with subscribers: immutable
+        evicted = client.store((first, now, messages, truncated), self.buffer_size)
+        stats = self._stats
+        if evicted:
             client.lines_evicted += evicted
-            self._stats.lines_evicted += evicted
-        log.extend(zip(range(first, first + count), repeat(now), messages, repeat(truncated)))
+            stats.lines_evicted += evicted
         client.lines_received += count
-        self._stats.lines_received += count
+        stats.lines_received += count
         if truncated:
-            self._stats.lines_truncated += count
+            stats.lines_truncated += count
         if self._subscribers:
-            self._emit(Logged(client.name, first, now, tuple(messages), truncated))
+            self._emit(Logged(client.name, first, now, messages, truncated))
 
     def set_state(self, client: ClientHandle, key: str, value: str, now: float) -> None:
         """Set one state key. Raises TooManyKeys for a new key past the limit (nothing stored).
@@ -304,8 +346,7 @@ class Registry:
 
     def oldest_seq(self, name: str) -> int | None:
         """The seq of ``name``'s oldest buffered line, None if none. Raises NoSuchClient."""
-        log = self._get(name).log
-        return log[0][0] if log else None
+        return self._get(name).oldest_seq()
 
     def recent(
         self, since: int = 0, client: str | None = None, limit: int | None = None
