@@ -42,6 +42,9 @@ logger = logging.getLogger("logatron.server")
 # chunks spread the per-chunk cost (a task switch, a clock read, a call into the core) thinner.
 RECEIVE_BYTES = 256 * 1024
 
+# Smallest slice of a chunk fed to the core at once (see _read_loop).
+MIN_FEED_BYTES = 16 * 1024
+
 # How long a closing connection may take to flush its last replies (a fatal ERR) to a peer that
 # does not read, before the socket is closed anyway.
 CLOSE_GRACE_SECONDS = 2.0
@@ -322,12 +325,23 @@ class LogatronServer:
         feed = session.receive_data
         clock = self.clock
         named = False
+        # The core scans a block of lines longer than the line limit for over-long lines (a
+        # cost per byte); chunks of at most the limit + 1 bytes never need that scan.
+        step = self.max_line_bytes + 1
+        if step < MIN_FEED_BYTES:
+            step = RECEIVE_BYTES
         while True:
             try:
                 data = await receive(RECEIVE_BYTES)
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 data = b""
-            reply = feed(data, clock())
+            if len(data) <= step:
+                reply = feed(data, clock())
+            else:
+                now = clock()
+                reply = b"".join(
+                    [feed(data[start : start + step], now) for start in range(0, len(data), step)]
+                )
             if reply:
                 replies.put(reply)
                 if b"ERR " in reply:
