@@ -103,3 +103,10 @@ def test_memory_stays_bounded_by_the_limit() -> None:
     for _ in range(1000):
         buffer.feed(b"y" * 4096)
         assert buffer.buffered <= 1024
+
+
+def test_long_line_inside_a_large_block_is_found() -> None:
+    short = b"LOG " + b"s" * 59 + b"\n"
+    for long_length in (65536, 65537, 100_000):
+        data = short * 3000 + b"L" * long_length + b"\n" + short * 3000
+        assert lines_of(LineBuffer(), [data]) == reference(data, 65536)

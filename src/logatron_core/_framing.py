@@ -10,8 +10,6 @@ the bytes were chunked, and every byte is searched once, so a long line that arr
 time costs O(n).
 """
 
-import re
-
 from ._limits import MAX_LINE_BYTES
 
 __all__ = ["LineBuffer", "Piece"]
@@ -27,7 +25,7 @@ class LineBuffer:
     Raises ``ValueError`` for a limit below 1.
     """
 
-    __slots__ = ("_long_line", "_max", "_partial", "_skipping")
+    __slots__ = ("_max", "_partial", "_probe", "_skipping")
 
     def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         if max_line_bytes < 1:
@@ -35,7 +33,8 @@ class LineBuffer:
         self._max = max_line_bytes
         self._partial = bytearray()
         self._skipping = False
-        self._long_line = re.compile(b"[^\\n]{%d}" % (max_line_bytes + 1))
+        # Any run of more than max_line_bytes bytes holds a whole aligned window of this size.
+        self._probe = max(1, (max_line_bytes + 1) // 2)
 
     @property
     def max_line_bytes(self) -> int:
@@ -72,7 +71,7 @@ class LineBuffer:
                 block = data
             else:
                 block = data[start : last + 1]
-            if len(block) > self._max + 1 and self._long_line.search(block):
+            if len(block) > self._max + 1 and self._has_long_line(block):
                 self._cut_long_lines(block, pieces)
             else:
                 pieces.append((block, False))
@@ -103,6 +102,22 @@ class LineBuffer:
         pieces.append((bytes(self._partial), True))
         self._partial.clear()
         self._skipping = True
+
+    def _has_long_line(self, block: bytes) -> bool:
+        """True if a line of ``block`` is longer than the limit; a few ``find`` calls per limit.
+
+        A line longer than the limit contains a whole window ``[k, k + probe)`` with ``k`` a
+        multiple of ``probe``; only windows without a newline need measuring their line.
+        """
+        probe, limit = self._probe, self._max
+        for start in range(0, len(block) - probe + 1, probe):
+            if block.find(b"\n", start, start + probe) >= 0:
+                continue
+            line_start = block.rfind(b"\n", 0, start) + 1
+            line_end = block.find(b"\n", start + probe)
+            if line_end - line_start > limit:
+                return True
+        return False
 
     def _cut_long_lines(self, block: bytes, pieces: list[Piece]) -> None:
         run: list[bytes] = []
