@@ -1,0 +1,370 @@
+"""The TCP server on blocking sockets: one ``selectors`` loop, in one thread, for every peer.
+
+Strategy: each connection is a non-blocking socket with a :class:`logatron_core.Session`; the
+loop only moves bytes. On readable it makes one large ``recv`` and hands the bytes to the
+session; the replies it gets back are sent at once when nothing is waiting, otherwise appended
+to the connection's outgoing buffer and written when the socket is writable. That buffer never
+holds more than ``MAX_PENDING_REPLY_BYTES``: replies past it are dropped and counted, so a peer
+that never reads can neither slow the others nor grow the server's memory. The registry is only
+ever touched from the loop's thread; other threads talk to the loop through ``stop()``, which
+writes one byte to a wake-up socket pair.
+"""
+
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from time import perf_counter
+from types import TracebackType
+from typing import Final, Self
+
+from logatron_core import MAX_LINE_BYTES, MAX_PENDING_REPLY_BYTES, Registry, Session
+
+__all__ = ["LogatronServer"]
+
+_logger = logging.getLogger("logatron_sync.server")
+
+# One recv takes up to this much: large reads mean few syscalls and long runs of lines per
+# session call, which is where the core is fastest.
+RECV_BYTES: Final = 256 * 1024
+# Fairness: one connection's turn should cost about this much time (seconds). A connection whose
+# input is slow to apply (a flood of unknown commands costs the core ~20 times more per byte than
+# LOG lines) is read in smaller pieces, down to MIN_RECV_BYTES, so that the others still get a
+# turn every few milliseconds; it grows back to RECV_BYTES once its turns are cheap again.
+TURN_SECONDS: Final = 0.005
+MIN_RECV_BYTES: Final = 4096
+# How often (seconds) the loop wakes on its own to expire retained clients.
+TICK_SECONDS: Final = 1.0
+# Connections accepted per readable event of the listener, so a connect storm cannot starve
+# the peers that are already connected.
+ACCEPTS_PER_TICK: Final = 64
+# When a connection ends, at most this much unread input is drained before it is closed (a
+# close with unread input sends a reset, which can destroy the ERR reply the peer has yet to read).
+_DRAIN_BYTES: Final = 64 * 1024
+
+
+class _Connection:
+    __slots__ = ("out", "recv_bytes", "session", "sock", "writing")
+
+    def __init__(self, sock: socket.socket, session: Session) -> None:
+        self.sock = sock
+        self.session = session
+        self.recv_bytes = RECV_BYTES  # adapted to the cost of this peer's input
+        self.out = bytearray()  # replies waiting for the socket to be writable
+        self.writing = False  # registered for EVENT_WRITE too
+
+
+class LogatronServer:
+    """The Logatron TCP server on blocking sockets and ``selectors``.
+
+    The listening socket is bound in the constructor (``port=0`` picks an ephemeral port; see
+    :attr:`address`), which raises OSError when the address cannot be bound. Serve it in the
+    foreground with :meth:`serve_forever` or in a daemon thread with :meth:`start`; either way
+    :meth:`stop` ends it. As a context manager it is started on entry and stopped on exit.
+
+    ``registry`` is shared with the caller (a new :class:`~logatron_core.Registry` by default);
+    it is only modified from the thread that runs the loop, so read it from another thread only
+    when no peer is sending (after a ``PING`` barrier, for instance). ``clock`` gives the time
+    stamped on every line.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 2212,
+        *,
+        registry: Registry | None = None,
+        max_line_bytes: int = MAX_LINE_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_line_bytes < 1:
+            raise ValueError("max_line_bytes must be at least 1")
+        self.registry = registry if registry is not None else Registry()
+        self.max_line_bytes = max_line_bytes
+        self.replies_dropped = 0
+        self._clock = clock
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, port), family=family, backlog=4096)
+        self._listener.setblocking(False)
+        self._address: tuple[str, int] = self._listener.getsockname()[:2]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._connections: dict[socket.socket, _Connection] = {}
+        self._lock = threading.Lock()
+        self._serving = False
+        self._stopping = False
+        self._closed = False  # listener and wake-up sockets closed
+        self._loop_thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the one start() made
+        self._ready = threading.Event()
+        self._done = threading.Event()
+
+    # -- public API ----------------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) the server listens on."""
+        return self._address
+
+    @property
+    def port(self) -> int:
+        return self._address[1]
+
+    @property
+    def connection_count(self) -> int:
+        """Connections open right now (identified or not)."""
+        return len(self._connections)
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until :meth:`stop` is called (from another thread or a
+        signal handler). On the way out, whatever ended it (``stop()``, KeyboardInterrupt),
+        every connection is closed with its client's ``close`` event delivered, and the listener
+        is closed.
+
+        Raises RuntimeError if the server is already serving or was stopped.
+        """
+        with self._lock:
+            if self._serving or self._stopping:
+                raise RuntimeError("the server is already serving or was stopped")
+            self._serving = True
+            self._loop_thread = threading.current_thread()
+        selector = selectors.DefaultSelector()
+        try:
+            selector.register(self._listener, selectors.EVENT_READ, None)
+            selector.register(self._wake_r, selectors.EVENT_READ, None)
+            self._ready.set()
+            self._loop(selector)
+        finally:
+            try:
+                self._shutdown(selector)
+            finally:
+                selector.close()
+                self._done.set()
+
+    def start(self) -> None:
+        """Serve in a daemon thread; return once the loop is accepting connections.
+
+        Raises RuntimeError if the server is already serving or was stopped.
+        """
+        with self._lock:
+            if self._serving or self._stopping or self._thread is not None:
+                raise RuntimeError("the server is already serving or was stopped")
+            self._thread = threading.Thread(
+                target=self.serve_forever, name=f"logatron-sync-{self.port}", daemon=True
+            )
+        self._thread.start()
+        while not self._ready.wait(0.05):
+            if not self._thread.is_alive():
+                raise RuntimeError("the server thread ended before it was ready")
+
+    def stop(self) -> None:
+        """Stop serving: close every connection (each client's ``close`` event is delivered),
+        close the listener and wait for the loop to end (unless called from the loop's own
+        thread, such as from a signal handler, where it only asks it to end).
+
+        Idempotent; never raises for a server that is not running.
+        """
+        with self._lock:
+            self._stopping = True
+            serving = self._serving
+        if not serving:
+            self._close_sockets()
+            return
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass  # the buffer is full (a wake-up is pending already) or the loop has ended
+        if threading.current_thread() is self._loop_thread:
+            return
+        self._done.wait()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _loop(self, selector: selectors.BaseSelector) -> None:
+        listener, wake_r = self._listener, self._wake_r
+        clock, registry = self._clock, self.registry
+        read_event, write_event = selectors.EVENT_READ, selectors.EVENT_WRITE
+        next_tick = time.monotonic() + TICK_SECONDS
+        while not self._stopping:
+            timeout = max(0.0, next_tick - time.monotonic())
+            for key, mask in selector.select(timeout):
+                connection: _Connection | None = key.data
+                if connection is not None:
+                    try:
+                        if mask & read_event:
+                            self._on_readable(selector, connection)
+                        if mask & write_event and connection.writing:
+                            self._on_writable(selector, connection)
+                    except Exception:
+                        _logger.exception("connection failed; closing it")
+                        self._abort(selector, connection)
+                elif key.fileobj is listener:
+                    self._accept(selector)
+                elif key.fileobj is wake_r:
+                    try:
+                        wake_r.recv(4096)
+                    except OSError:
+                        pass
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_SECONDS
+                try:
+                    registry.expire(clock())
+                except Exception:
+                    _logger.exception("expiring retained clients failed")
+
+    def _accept(self, selector: selectors.BaseSelector) -> None:
+        for _ in range(ACCEPTS_PER_TICK):
+            try:
+                sock, _address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of file descriptors, or the peer gave up already
+                _logger.exception("accept failed")
+                return
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                connection = _Connection(
+                    sock, Session(self.registry, max_line_bytes=self.max_line_bytes)
+                )
+                selector.register(sock, selectors.EVENT_READ, connection)
+            except Exception:
+                _logger.exception("setting up a connection failed")
+                sock.close()
+                continue
+            self._connections[sock] = connection
+
+    def _on_readable(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+        recv_bytes = connection.recv_bytes
+        try:
+            data = connection.sock.recv(recv_bytes)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # ConnectionResetError and the like: the peer is gone
+            data = b""
+        session = connection.session
+        started = perf_counter()
+        reply = session.receive_data(data, self._clock())
+        elapsed = perf_counter() - started
+        if elapsed > TURN_SECONDS:
+            connection.recv_bytes = max(MIN_RECV_BYTES, int(recv_bytes * TURN_SECONDS / elapsed))
+        elif recv_bytes < RECV_BYTES and elapsed < TURN_SECONDS / 2:
+            connection.recv_bytes = min(RECV_BYTES, recv_bytes * 2)
+        if reply:
+            self._send(selector, connection, reply)
+        if session.closed:
+            self._close(selector, connection)
+
+    def _send(
+        self, selector: selectors.BaseSelector, connection: _Connection, reply: bytes
+    ) -> None:
+        """Send ``reply`` now if nothing is waiting, else queue it within the bound."""
+        out = connection.out
+        if not out:
+            try:
+                sent = connection.sock.send(reply)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                return  # the peer is gone; reading will tell the session
+            if sent == len(reply):
+                return
+            reply = reply[sent:]
+        room = MAX_PENDING_REPLY_BYTES - len(out)
+        if len(reply) > room:
+            # Keep the whole replies that fit; a reply cut in two would corrupt the stream.
+            cut = reply.rfind(b"\n", 0, room) + 1 if room > 0 else 0
+            self.replies_dropped += reply.count(b"\n", cut)
+            reply = reply[:cut]
+        out += reply
+        if out and not connection.writing:
+            connection.writing = True
+            selector.modify(
+                connection.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, connection
+            )
+
+    def _on_writable(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+        out = connection.out
+        try:
+            sent = connection.sock.send(out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            out.clear()  # the peer is gone; reading will tell the session
+            sent = 0
+        del out[:sent]
+        if not out:
+            connection.writing = False
+            selector.modify(connection.sock, selectors.EVENT_READ, connection)
+
+    def _close(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+        """Flush what can be sent without waiting, then close the connection."""
+        sock = connection.sock
+        self._connections.pop(sock, None)
+        try:
+            selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        try:
+            if connection.out:
+                sock.send(connection.out)
+            sock.shutdown(socket.SHUT_WR)
+            drained = 0
+            while drained < _DRAIN_BYTES:
+                chunk = sock.recv(_DRAIN_BYTES)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def _abort(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+        """Close a connection whose handling failed, delivering its client's ``close``."""
+        try:
+            connection.session.receive_data(b"", self._clock())
+        except Exception:
+            _logger.exception("closing a failed session failed")
+        connection.out.clear()
+        self._close(selector, connection)
+
+    def _shutdown(self, selector: selectors.BaseSelector) -> None:
+        """End every connection as if its peer had closed, then close the listener."""
+        for connection in list(self._connections.values()):
+            try:
+                reply = connection.session.receive_data(b"", self._clock())
+                if reply and len(connection.out) + len(reply) <= MAX_PENDING_REPLY_BYTES:
+                    connection.out += reply
+            except Exception:
+                _logger.exception("closing a session failed")
+            self._close(selector, connection)
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._listener.close()
+        self._wake_r.close()
+        self._wake_w.close()
