@@ -32,6 +32,7 @@ class ModelClient:
     log: list[tuple[int, str]] = field(default_factory=list)
     state: dict[str, str] = field(default_factory=dict)
     evicted: int = 0
+    evicted_seqs: list[int] = field(default_factory=list)
 
 
 class RegistryMachine(RuleBasedStateMachine):
@@ -96,6 +97,7 @@ class RegistryMachine(RuleBasedStateMachine):
             self.seq += 1
             client.log.append((self.seq, message))
         client.evicted += max(0, len(client.log) - BUFFER)
+        client.evicted_seqs += [seq for seq, _ in client.log[:-BUFFER]]
         del client.log[:-BUFFER]
 
     @rule(name=NAMES, key=st.sampled_from(["k1", "k2", "k3"]), value=st.sampled_from(["", "v"]))
@@ -143,6 +145,13 @@ class RegistryMachine(RuleBasedStateMachine):
             assert info.state == expected.state
             assert info.lines_evicted == expected.evicted
         assert self.events == self.expected_events
+        for since in {0, self.seq // 2, max(0, self.seq - 2), self.seq}:
+            buffered = sum(1 for c in self.model.values() for seq, _ in c.log if seq > since)
+            assert registry.missed_since(since) == self.seq - since - buffered
+            for name, expected in self.model.items():
+                exact = sum(1 for seq in expected.evicted_seqs if seq > since)
+                bound = registry.missed_since(since, name)
+                assert bound >= exact and (bound == 0) == (exact == 0)
         recent = registry.recent()
         assert [e.seq for e in recent] == sorted(e.seq for e in recent)
 
@@ -224,6 +233,14 @@ def test_log_since_and_limit_page_forward() -> None:
     assert [e.seq for e in registry.log("a", since=2, limit=3)] == [3, 4, 5]
     assert [e.seq for e in registry.log("a", since=5)] == [6, 7]
     assert registry.oldest_seq("a") == 1
+
+
+def test_log_limit_keeps_the_newest_lines() -> None:
+    registry = Registry()
+    handle = registry.connect("a", 1.0)
+    registry.append(handle, ["1", "2", "3"], 1.0)
+    assert [e.message for e in registry.client("a", log_limit=2).log] == ["2", "3"]
+    assert registry.clients(log_limit=0)["a"].log == []
 
 
 def test_recent_merges_clients_by_seq() -> None:

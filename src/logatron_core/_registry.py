@@ -71,6 +71,7 @@ class ClientHandle:
         "connected_at",
         "disconnected_at",
         "errors",
+        "evicted_through",
         "head_skip",
         "lines_evicted",
         "lines_received",
@@ -90,6 +91,7 @@ class ClientHandle:
         self.disconnected_at: float | None = None
         self.lines_received = 0
         self.lines_evicted = 0
+        self.evicted_through = 0  # seq of the newest evicted line, 0 if none
         self.errors = 0
 
     def store(self, run: _Run, buffer_size: int) -> int:
@@ -98,8 +100,13 @@ class ClientHandle:
         count = len(messages)
         if count >= buffer_size:
             evicted = self.buffered + count - buffer_size
-            self.runs.clear()
             keep = count - buffer_size
+            if keep:
+                self.evicted_through = first + keep - 1
+            elif self.runs:
+                last_first, _, last_messages, _ = self.runs[-1]
+                self.evicted_through = last_first + len(last_messages) - 1
+            self.runs.clear()
             self.runs.append((first + keep, timestamp, messages[keep:], truncated))
             self.head_skip, self.buffered = 0, buffer_size
             return evicted
@@ -107,11 +114,14 @@ class ClientHandle:
         self.buffered += count
         evicted = overflow = self.buffered - buffer_size
         while overflow > 0:
-            available = len(self.runs[0][2]) - self.head_skip
+            head_first, _, head_messages, _ = self.runs[0]
+            available = len(head_messages) - self.head_skip
             if available > overflow:
                 self.head_skip += overflow
+                self.evicted_through = head_first + self.head_skip - 1
                 break
             self.runs.popleft()
+            self.evicted_through = head_first + len(head_messages) - 1
             self.head_skip = 0
             overflow -= available
         if evicted <= 0:
@@ -121,6 +131,14 @@ class ClientHandle:
 
     def oldest_seq(self) -> int | None:
         return self.runs[0][0] + self.head_skip if self.runs else None
+
+    def count_since(self, since: int) -> int:
+        """How many buffered lines have ``seq > since``."""
+        count, skip = 0, self.head_skip
+        for first, _, messages, _ in self.runs:
+            count += max(0, len(messages) - max(skip, since - first + 1))
+            skip = 0
+        return count
 
     def entries(self, since: int = 0) -> Iterator[LogEntry]:
         """The buffered lines with ``seq > since``, oldest first."""
@@ -314,20 +332,26 @@ class Registry:
         """Names of every client, connected or retained, sorted."""
         return sorted(self._clients)
 
-    def clients(self) -> dict[str, ClientInfo]:
-        """Every client's record, by name."""
-        return {name: self.client(name) for name in self.names()}
+    def clients(self, *, log_limit: int | None = None) -> dict[str, ClientInfo]:
+        """Every client's record by name, each with its newest ``log_limit`` lines."""
+        return {name: self.client(name, log_limit=log_limit) for name in self.names()}
 
-    def client(self, name: str) -> ClientInfo:
-        """One client's record. Raises NoSuchClient."""
+    def client(self, name: str, *, log_limit: int | None = None) -> ClientInfo:
+        """One client's record, with its newest ``log_limit`` lines (all if None).
+
+        Raises NoSuchClient.
+        """
         client = self._get(name)
+        log = list(client.entries())
+        if log_limit is not None:
+            log = log[len(log) - log_limit :] if log_limit > 0 else []
         return ClientInfo(
             client.name,
             client.connected,
             client.connected_at,
             client.disconnected_at,
             dict(client.state),
-            list(client.entries()),
+            log,
             client.lines_received,
             client.lines_evicted,
             client.errors,
@@ -360,6 +384,21 @@ class Registry:
         runs = [handle.entries(since) for handle in self._clients.values()]
         merged = heapq.merge(*runs, key=lambda entry: entry.seq)
         return list(islice(merged, limit))
+
+    def missed_since(self, since: int, client: str | None = None) -> int:
+        """How many lines with ``seq > since`` are no longer buffered (evicted or forgotten).
+
+        Exact across all clients. For one ``client`` it is an upper bound whenever its lines
+        interleave with other clients' (the registry does not keep the seq of every evicted
+        line); 0 for a name it does not know.
+        """
+        if client is None:
+            buffered = sum(handle.count_since(since) for handle in self._clients.values())
+            return max(0, self._last_seq - since - buffered)
+        handle = self._clients.get(client)
+        if handle is None or since >= handle.evicted_through:
+            return 0
+        return min(handle.lines_evicted, handle.evicted_through - since)
 
     def _get(self, name: str) -> ClientHandle:
         try:
