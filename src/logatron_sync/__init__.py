@@ -5,10 +5,13 @@ sockets and the core's :class:`~logatron_core.Session` and :class:`~logatron_cor
 """
 
 from ._client import LogatronClient, ServerRefused
+from ._handler import HandlerStats, LogatronHandler
 from ._server import LogatronServer
 
 __all__ = (
+    "HandlerStats",
     "LogatronClient",
+    "LogatronHandler",
     "LogatronServer",
     "ServerRefused",
 )
