@@ -246,6 +246,13 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[
     except ValueError as error:
         parser.error(str(error))
     handler = _configure_log(values["log_format"], sys.stderr)
+    settings = {key: value for key, value in values.items() if key != "token"}
+    logging.getLogger("logatron.server").info(
+        "starting on %s with %s",
+        values["backend"],
+        ", ".join(f"{key}={value}" for key, value in settings.items()),
+        extra={"event": "starting", **settings},
+    )
     try:
         anyio.run(_serve_until_signal, server, backend=values["backend"])
     except OSError as error:
