@@ -397,6 +397,31 @@ def test_serve_forever_in_the_foreground() -> None:
     assert not thread.is_alive()
 
 
+def test_call_reads_the_registry_safely_while_peers_send(server: LogatronServer) -> None:
+    stop = threading.Event()
+
+    def chatter() -> None:
+        with LogatronClient("busy", port=server.port, timeout=TIMEOUT) as client:
+            while not stop.is_set():
+                client.log_many(["chatter"] * 100)
+            client.ping()
+
+    thread = threading.Thread(target=chatter, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.call(lambda registry: "busy" in registry.names()))
+        for _ in range(200):
+            log = server.call(lambda registry: registry.log("busy"))
+            assert all(entry.message == "chatter" for entry in log)
+        with pytest.raises(KeyError):
+            server.call(lambda registry: registry.client("nobody"))
+    finally:
+        stop.set()
+        thread.join(TIMEOUT)
+    server.stop()
+    assert server.call(lambda registry: registry.connected_count) == 0  # runs in this thread
+
+
 def test_stop_before_serving_closes_the_listener() -> None:
     running = LogatronServer(port=0)
     running.stop()
@@ -405,7 +430,8 @@ def test_stop_before_serving_closes_the_listener() -> None:
         running.serve_forever()
 
 
-def test_python_dash_m_runs_until_sigterm() -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_python_dash_m_runs_until_a_signal(signum: int) -> None:
     process = subprocess.Popen(
         [sys.executable, "-bb", "-m", "logatron_sync", "--host", "127.0.0.1", "--port", "0"],
         stdout=subprocess.PIPE,
@@ -420,7 +446,7 @@ def test_python_dash_m_runs_until_sigterm() -> None:
         with LogatronClient("sub", port=int(match[1]), timeout=TIMEOUT) as client:
             client.log("from the test")
             client.ping()
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signum)
             assert process.wait(TIMEOUT) == 0
     finally:
         if process.poll() is None:

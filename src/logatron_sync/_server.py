@@ -15,16 +15,19 @@ import selectors
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from time import perf_counter
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self, TypeVar
 
 from logatron_core import MAX_LINE_BYTES, MAX_PENDING_REPLY_BYTES, Registry, Session
 
 __all__ = ["LogatronServer"]
 
 _logger = logging.getLogger("logatron_sync.server")
+_T = TypeVar("_T")
 
 # One recv takes up to this much: large reads mean few syscalls and long runs of lines per
 # session call, which is where the core is fastest.
@@ -101,6 +104,8 @@ class LogatronServer:
         self._thread: threading.Thread | None = None  # the one start() made
         self._ready = threading.Event()
         self._done = threading.Event()
+        self._calls: deque[tuple[Callable[[Registry], Any], Future[Any]]] = deque()
+        self._calls_closed = False  # the loop runs no more calls: callers run their own
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -173,15 +178,35 @@ class LogatronServer:
         if not serving:
             self._close_sockets()
             return
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass  # the buffer is full (a wake-up is pending already) or the loop has ended
+        self._wake()
         if threading.current_thread() is self._loop_thread:
             return
         self._done.wait()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+
+    def call(self, function: Callable[[Registry], _T], timeout: float | None = None) -> _T:
+        """Run ``function(registry)`` in the loop's thread and return its result: the safe way
+        to read (or change) the registry from another thread while the server runs. When the
+        server is not serving, or when called from the loop's own thread (a subscriber), it runs
+        at once in the caller's thread.
+
+        Raises what ``function`` raises, and TimeoutError when the loop has not run it within
+        ``timeout`` seconds (it may still run later).
+        """
+        future: Future[_T] = Future()
+        with self._lock:
+            queued = (
+                self._serving
+                and not self._calls_closed
+                and threading.current_thread() is not self._loop_thread
+            )
+            if queued:
+                self._calls.append((function, future))
+        if not queued:
+            return function(self.registry)
+        self._wake()
+        return future.result(timeout)
 
     def __enter__(self) -> Self:
         self.start()
@@ -222,6 +247,7 @@ class LogatronServer:
                         wake_r.recv(4096)
                     except OSError:
                         pass
+                    self._run_calls()
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_SECONDS
@@ -358,7 +384,30 @@ class LogatronServer:
             except Exception:
                 _logger.exception("closing a session failed")
             self._close(selector, connection)
+        with self._lock:
+            self._calls_closed = True
+        self._run_calls()
         self._close_sockets()
+
+    def _run_calls(self) -> None:
+        calls, registry = self._calls, self.registry
+        while calls:
+            function, future = calls.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function(registry))
+            except BaseException as error:
+                future.set_exception(error)
+                if not isinstance(error, Exception):
+                    raise
+
+    def _wake(self) -> None:
+        """Make the loop's select return (safe from any thread and from signal handlers)."""
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass  # the buffer is full (a wake-up is pending already) or the loop has ended
 
     def _close_sockets(self) -> None:
         with self._lock:
