@@ -1,0 +1,204 @@
+"""The anyio server on both backends: addresses, events, Lagged, shutdown, reply bounds."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+from logatron_anyio import Lagged, LogatronServer
+from logatron_core import ClientClosed, ClientReady, Logged, Registry, RegistryEvent, StateSet
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def serving(**options: Any) -> AsyncIterator[LogatronServer]:
+    """A server on an ephemeral port of 127.0.0.1 (unless given), cancelled on exit."""
+    options.setdefault("port", 0)
+    server = LogatronServer(**options)
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        yield server
+        tg.cancel_scope.cancel()
+
+
+async def eventually(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait (polling, bounded by ``seconds``) until ``predicate()`` is true."""
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return
+        await anyio.sleep(0.01)
+    raise AssertionError("the condition did not come true in time")
+
+
+async def exchange(stream: anyio.abc.SocketStream, data: bytes, until: bytes) -> bytes:
+    """Send ``data``, then read until the replies end with ``until``."""
+    await stream.send(data)
+    got = b""
+    with anyio.fail_after(5):
+        while not got.endswith(until):
+            got += await stream.receive()
+    return got
+
+
+async def test_port_zero_reports_the_real_address() -> None:
+    async with serving() as server:
+        assert server.port != 0
+        assert server.address == ("127.0.0.1", server.port)
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+            assert await exchange(stream, b"IAM bob\nPING x\n", b"\n") == b"PONG x\n"
+
+
+async def test_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("::1 is not available")
+    async with serving(host="::1") as server:
+        assert server.address == ("::1", server.port)
+        async with await anyio.connect_tcp("::1", server.port) as stream:
+            assert await exchange(stream, b"IAM six\nLOG v6\nPING\n", b"\n") == b"PONG\n"
+        assert [entry.message for entry in server.registry.log("six")] == ["v6"]
+
+
+async def test_serve_raises_when_the_port_is_taken() -> None:
+    async with serving() as server:
+        with pytest.raises(OSError):
+            await LogatronServer(port=server.port).serve()
+
+
+async def test_events_arrive_in_order() -> None:
+    async with serving() as server, server.events() as events:
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+            await exchange(stream, b"IAM bob\nLOG one\nLOG two\nSET k v\nPING\n", b"PONG\n")
+        received: list[RegistryEvent | Lagged] = []
+        with anyio.fail_after(5):
+            async for event in events:
+                received.append(event)
+                if isinstance(event, ClientClosed):
+                    break
+    assert [type(event) for event in received] == [ClientReady, Logged, StateSet, ClientClosed]
+    logged = received[1]
+    assert isinstance(logged, Logged) and logged.messages == ("one", "two")
+    assert isinstance(received[2], StateSet)
+    assert (received[2].name, received[2].key, received[2].value) == ("bob", "k", "v")
+
+
+async def test_a_slow_consumer_gets_lagged_and_ingest_never_waits() -> None:
+    async with serving() as server, server.events(max_queue=5) as events:
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+            # 1 ClientReady + 50 StateSet, nobody consuming: PONG proves ingest did not wait.
+            lines = b"".join(b"SET k%d v\n" % index for index in range(50))
+            await exchange(stream, b"IAM bob\n" + lines + b"PING\n", b"PONG\n")
+            assert server.registry.state("bob")["k49"] == "v"
+            with anyio.fail_after(5):
+                first = [await anext(events) for _ in range(5)]
+                await exchange(stream, b"SET after v\nPING\n", b"PONG\n")
+                lagged = await anext(events)
+                after = await anext(events)
+    assert isinstance(first[0], ClientReady)
+    assert [event.key for event in first if isinstance(event, StateSet)] == ["k0", "k1", "k2", "k3"]
+    assert lagged == Lagged(46)  # k4 .. k49, said in order, before what came next
+    assert isinstance(after, StateSet) and after.key == "after"
+
+
+async def test_events_end_when_closed() -> None:
+    async with serving() as server:
+        events = server.events()
+        assert server.registry.subscriber_count == 1
+        await events.aclose()
+        assert server.registry.subscriber_count == 0
+        assert [event async for event in events] == []
+        with pytest.raises(ValueError):
+            server.events(max_queue=0)
+
+
+async def test_cancelling_serve_closes_every_connection_with_its_close_event() -> None:
+    registry = Registry()
+    closed: list[str] = []
+    registry.subscribe(
+        lambda event: closed.append(event.name) if isinstance(event, ClientClosed) else None
+    )
+    streams = []
+    async with anyio.create_task_group() as tg:
+        server = LogatronServer(port=0, registry=registry)
+        await tg.start(server.serve)
+        for name in ("a", "b", "c"):
+            stream = await anyio.connect_tcp("127.0.0.1", server.port)
+            streams.append(stream)
+            await exchange(stream, f"IAM {name}\nLOG hi\nPING\n".encode(), b"PONG\n")
+        assert registry.connected_count == 3
+        tg.cancel_scope.cancel()
+    assert sorted(closed) == ["a", "b", "c"]
+    assert registry.connected_count == 0
+    for stream in streams:
+        with anyio.fail_after(5):
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                while True:
+                    await stream.receive()
+        await stream.aclose()
+
+
+async def test_partial_line_is_applied_when_the_peer_closes() -> None:
+    async with serving() as server:
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+            await exchange(stream, b"IAM bob\nPING\n", b"PONG\n")
+            await stream.send(b"LOG last words")
+        await eventually(lambda: not server.registry.client("bob").connected)
+        assert [entry.message for entry in server.registry.log("bob")] == ["last words"]
+
+
+async def test_replies_to_a_peer_that_never_reads_are_dropped_and_counted() -> None:
+    async with serving() as server:
+        async with (
+            await anyio.connect_tcp("127.0.0.1", server.port) as flooder,
+            await anyio.connect_tcp("127.0.0.1", server.port) as other,
+        ):
+            raw = flooder.extra(anyio.abc.SocketAttribute.raw_socket)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await exchange(other, b"IAM other\nPING\n", b"PONG\n")
+            await flooder.send(b"IAM flooder\n")
+            flood = b"FOO\n" * 16384
+            with anyio.fail_after(20):
+                while server.replies_dropped == 0:
+                    await flooder.send(flood)
+                    # The other client is served meanwhile.
+                    with anyio.fail_after(2):
+                        await exchange(other, b"PING\n", b"PONG\n")
+            await flooder.send(b"LOG done\n")
+            await eventually(
+                lambda: [entry.message for entry in server.registry.log("flooder")] == ["done"],
+                seconds=10,
+            )
+    assert server.replies_dropped > 0
+
+
+async def test_retained_clients_expire_about_once_a_second() -> None:
+    now = [1000.0]
+    registry = Registry(retention_seconds=10)
+    async with serving(registry=registry, clock=lambda: now[0]) as server:
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+            await exchange(stream, b"IAM bob\nPING\n", b"PONG\n")
+        await eventually(lambda: not registry.client("bob").connected)
+        now[0] = 1011.0
+        await eventually(lambda: registry.names() == [], seconds=3)
+
+
+async def test_max_line_bytes_is_passed_to_every_session() -> None:
+    async with serving(max_line_bytes=16) as server:
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+            got = await exchange(stream, b"IAM bob\nLOG 0123456789abcdef\nPING\n", b"PONG\n")
+        assert got.startswith(b"ERR line-too-long ")
+        entry = server.registry.log("bob")[0]
+        assert entry.truncated and entry.message == "0123456789ab"
+    with pytest.raises(ValueError):
+        LogatronServer(max_line_bytes=0)
