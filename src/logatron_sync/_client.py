@@ -108,7 +108,8 @@ class LogatronClient:
 
         Raises TimeoutError when no ``PONG`` comes within ``timeout`` seconds (the client's
         ``timeout`` by default), ServerRefused when the server refused this connection,
-        ConnectionError when it closed the connection, RuntimeError after :meth:`close`.
+        ConnectionError when it closed the connection, RemoteProtocolError for a reply that is
+        neither ``PONG`` nor a known ``ERR``, RuntimeError after :meth:`close`.
         """
         token = f"{next(self._tokens)}"
         self._send(self._connection.send(Ping(token)))

@@ -6,8 +6,8 @@ session; the replies it gets back are sent at once when nothing is waiting, othe
 to the connection's outgoing buffer and written when the socket is writable. That buffer never
 holds more than ``MAX_PENDING_REPLY_BYTES``: replies past it are dropped and counted, so a peer
 that never reads can neither slow the others nor grow the server's memory. The registry is only
-ever touched from the loop's thread; other threads talk to the loop through ``stop()``, which
-writes one byte to a wake-up socket pair.
+ever touched from the loop's thread; other threads reach the loop through ``stop()`` and
+``call()``, which write one byte to a wake-up socket pair.
 """
 
 import logging
@@ -346,6 +346,7 @@ class LogatronServer:
         """Flush what can be sent without waiting, then close the connection."""
         sock = connection.sock
         self._connections.pop(sock, None)
+        connection.writing = False
         try:
             selector.unregister(sock)
         except (KeyError, ValueError):
