@@ -410,7 +410,7 @@ def test_call_reads_the_registry_safely_while_peers_send(server: LogatronServer)
     thread.start()
     try:
         wait_until(lambda: server.call(lambda registry: "busy" in registry.names()))
-        for _ in range(200):
+        for _ in range(20):
             log = server.call(lambda registry: registry.log("busy"))
             assert all(entry.message == "chatter" for entry in log)
         with pytest.raises(KeyError):
