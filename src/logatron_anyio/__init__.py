@@ -1,17 +1,44 @@
-"""Logatron on anyio (asyncio and trio): the TCP server, the async client, the command.
+"""Logatron on anyio (asyncio and trio): the TCP server, the async client, the HTTP and
+WebSocket interface, the consumer library and the ``logatron`` command.
 
 Thin: every protocol decision lives in ``logatron_core``.
 """
 
 from ._client import ConnectionLost, LogatronClient, ServerRefused, connect
+from ._consumer import (
+    BadResponse,
+    Consumer,
+    ConsumerError,
+    Current,
+    Gap,
+    NotFound,
+    TailEvent,
+    Unauthorized,
+    Unreachable,
+    sort_entries,
+)
+from ._http import HttpServer
 from ._server import EventStream, Lagged, LogatronServer
+from ._tail import TailOptions
 
 __all__ = (
+    "BadResponse",
     "ConnectionLost",
+    "Consumer",
+    "ConsumerError",
+    "Current",
     "EventStream",
+    "Gap",
+    "HttpServer",
     "Lagged",
     "LogatronClient",
     "LogatronServer",
+    "NotFound",
     "ServerRefused",
+    "TailEvent",
+    "TailOptions",
+    "Unauthorized",
+    "Unreachable",
     "connect",
+    "sort_entries",
 )

@@ -1,0 +1,171 @@
+"""JSON views of the registry and the Prometheus metrics text: pure functions, no I/O.
+
+The shapes here are the HTTP API's contract (README.md, "HTTP API"); the consumer library and
+the status page read exactly these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from logatron_core import (
+    ClientClosed,
+    ClientInfo,
+    ClientReady,
+    ErrorCode,
+    LogEntry,
+    Logged,
+    Registry,
+    RegistryEvent,
+    StateSet,
+)
+
+__all__ = ["client_json", "entry_json", "event_json", "render_metrics"]
+
+
+def entry_json(entry: LogEntry) -> dict[str, Any]:
+    return {
+        "client": entry.client,
+        "seq": entry.seq,
+        "timestamp": entry.timestamp,
+        "message": entry.message,
+        "truncated": entry.truncated,
+    }
+
+
+def client_json(info: ClientInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "connected": info.connected,
+        "connected_at": info.connected_at,
+        "disconnected_at": info.disconnected_at,
+        "state": info.state,
+        "lines_received": info.lines_received,
+        "lines_evicted": info.lines_evicted,
+        "errors": info.errors,
+        "log": [entry_json(entry) for entry in info.log],
+    }
+
+
+def event_json(event: RegistryEvent) -> list[dict[str, Any]]:
+    """The tail messages for one registry event (a run of lines gives one per line)."""
+    if isinstance(event, Logged):
+        name, timestamp, truncated = event.name, event.timestamp, event.truncated
+        return [
+            {
+                "type": "log",
+                "client": name,
+                "seq": seq,
+                "timestamp": timestamp,
+                "message": message,
+                "truncated": truncated,
+            }
+            for seq, message in enumerate(event.messages, event.first_seq)
+        ]
+    if isinstance(event, StateSet):
+        return [
+            {
+                "type": "set",
+                "client": event.name,
+                "key": event.key,
+                "value": event.value,
+                "timestamp": event.timestamp,
+            }
+        ]
+    if isinstance(event, ClientReady):
+        return [{"type": "ready", "client": event.name, "timestamp": event.timestamp}]
+    assert isinstance(event, ClientClosed)
+    return [{"type": "close", "client": event.name, "timestamp": event.timestamp}]
+
+
+def _metric(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, int]]) -> str:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    lines.extend(f"{name}{labels} {value}" for labels, value in samples)
+    return "\n".join(lines)
+
+
+def render_metrics(
+    registry: Registry,
+    *,
+    open_connections: int,
+    replies_dropped: int,
+    tail_subscribers: int,
+    tail_lagged_events: int,
+) -> str:
+    """The Prometheus text exposition format (version 0.0.4) of the server's counters."""
+    stats = registry.stats
+    connected = registry.connected_count
+    retained = len(registry.names()) - connected
+    errors = [(f'{{code="{code.value}"}}', stats.errors.get(code.value, 0)) for code in ErrorCode]
+    families = [
+        _metric("logatron_connections", "gauge", "Open TCP connections.", [("", open_connections)]),
+        _metric(
+            "logatron_connections_total",
+            "counter",
+            "Clients that identified themselves since start.",
+            [("", stats.connections_total)],
+        ),
+        _metric(
+            "logatron_clients",
+            "gauge",
+            "Client records by status.",
+            [('{status="connected"}', connected), ('{status="retained"}', retained)],
+        ),
+        _metric(
+            "logatron_lines_received_total",
+            "counter",
+            "Log lines stored.",
+            [("", stats.lines_received)],
+        ),
+        _metric(
+            "logatron_bytes_received_total",
+            "counter",
+            "Bytes received from TCP clients.",
+            [("", stats.bytes_received)],
+        ),
+        _metric(
+            "logatron_lines_evicted_total",
+            "counter",
+            "Log lines evicted from full ring buffers.",
+            [("", stats.lines_evicted)],
+        ),
+        _metric(
+            "logatron_lines_truncated_total",
+            "counter",
+            "Log lines cut at the line limit.",
+            [("", stats.lines_truncated)],
+        ),
+        _metric("logatron_errors_total", "counter", "ERR replies sent, by code.", errors),
+        _metric(
+            "logatron_replies_dropped_total",
+            "counter",
+            "Replies dropped for peers that do not read.",
+            [("", replies_dropped)],
+        ),
+        _metric(
+            "logatron_subscribers",
+            "gauge",
+            "Registry subscribers (tails and event streams).",
+            [("", registry.subscriber_count)],
+        ),
+        _metric(
+            "logatron_tail_subscribers",
+            "gauge",
+            "Open WebSocket tails.",
+            [("", tail_subscribers)],
+        ),
+        _metric(
+            "logatron_tail_lagged_events_total",
+            "counter",
+            "Tail messages dropped for subscribers that could not keep up.",
+            [("", tail_lagged_events)],
+        ),
+        _metric(
+            "logatron_subscriber_errors_total",
+            "counter",
+            "Exceptions raised by registry subscribers.",
+            [("", stats.subscriber_errors)],
+        ),
+    ]
+    return "\n".join(families) + "\n"
