@@ -255,9 +255,12 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[
     )
     try:
         anyio.run(_serve_until_signal, server, backend=values["backend"])
-    except OSError as error:
+    except (OSError, ExceptionGroup) as raised:
+        os_error = _os_error(raised)
+        if os_error is None:
+            raise
         print(
-            f"logatron: cannot listen on {values['host']}:{values['port']}: {error}",
+            f"logatron: cannot listen on {values['host']}:{values['port']}: {os_error}",
             file=sys.stderr,
             flush=True,
         )
@@ -265,6 +268,16 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[
     finally:
         logging.getLogger("logatron").removeHandler(handler)
     return 0
+
+
+def _os_error(raised: BaseException) -> OSError | None:
+    """The OSError that ``raised`` is, or is a group of only (the first one); else None."""
+    while isinstance(raised, BaseExceptionGroup):
+        matched, rest = raised.split(OSError)
+        if matched is None or rest is not None:
+            return None
+        raised = matched.exceptions[0]
+    return raised if isinstance(raised, OSError) else None
 
 
 async def _serve_until_signal(server: LogatronServer) -> None:

@@ -1,0 +1,270 @@
+"""The ``logatron`` command: ``serve`` as a real subprocess on both backends, ``send`` against
+a server run in this process, flags, environment variables and errors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio.from_thread
+import pytest
+
+from logatron_anyio import LogatronServer
+from logatron_anyio._cli import main
+from logatron_core import Registry
+
+TIMEOUT = 10.0
+STARTUP_RE = re.compile(r"^logatron: listening for clients on (.+):(\d+)$")
+COMMAND = [sys.executable, "-m", "logatron_anyio"]
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.process = process
+        self.port = port
+        self.log = log
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.process.send_signal(signum)
+        return self.process.wait(TIMEOUT)
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+
+@contextlib.contextmanager
+def serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """``logatron serve ARGS`` in a subprocess; its startup line parsed; killed if left over."""
+    log = tmp_path / "server.log"
+    with (
+        log.open("wb") as stderr,
+        subprocess.Popen(
+            [*COMMAND, "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env={**os.environ, **(env or {})},
+        ) as process,
+    ):
+        try:
+            assert process.stdout is not None
+            ready, _, _ = select.select([process.stdout], [], [], TIMEOUT)
+            assert ready, "no startup line"
+            line = process.stdout.readline().decode().rstrip("\n")
+            match = STARTUP_RE.match(line)
+            assert match, f"unexpected startup line {line!r}; log: {log.read_text()}"
+            yield Served(process, int(match[2]), log)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(TIMEOUT)
+
+
+def talk(port: int, data: bytes, until: bytes = b"PONG\n") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(data)
+        got = b""
+        while not got.endswith(until):
+            chunk = sock.recv(4096)
+            assert chunk, f"closed early after {got!r}"
+            got += chunk
+        return got
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_serve_then_sigterm_exits_0(tmp_path: Path, backend: str) -> None:
+    with serve(tmp_path, "--port", "0", "--backend", backend, "--log-format", "json") as served:
+        assert talk(served.port, b"IAM bob\nLOG hello\nPING\n") == b"PONG\n"
+        assert served.stop() == 0
+    events = [str(record.get("event")) for record in served.records()]
+    assert events[:3] == ["starting", "listening", "client-ready"], served.log.read_text()
+    # The client's close may be seen before or after the signal.
+    assert sorted(events[3:]) == ["client-closed", "stopping"], served.log.read_text()
+    starting, _, ready, *_ = served.records()
+    assert starting["backend"] == backend
+    assert ready["client"] == "bob"
+
+
+def test_serve_ctrl_c_exits_0_and_closes_clients(tmp_path: Path) -> None:
+    with (
+        serve(tmp_path, "--port", "0", "--log-format", "json") as served,
+        socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT) as sock,
+    ):
+        sock.sendall(b"IAM stays\nPING\n")
+        assert sock.recv(100) == b"PONG\n"
+        assert served.stop(signal.SIGINT) == 0
+        assert sock.recv(100) == b""  # closed by the server on its way out
+    assert [record["event"] for record in served.records()][-2:] == ["stopping", "client-closed"]
+
+
+def test_environment_variables_and_flags(tmp_path: Path) -> None:
+    env = {
+        "LOGATRON_PORT": "1",  # the flag below wins
+        "LOGATRON_BACKEND": "trio",
+        "LOGATRON_LOG_FORMAT": "json",
+        "LOGATRON_MAX_LINE_BYTES": "16",
+        "LOGATRON_MAX_STATE_KEYS": "1",
+        "LOGATRON_TOKEN": "secret",  # accepted and ignored for now
+    }
+    with serve(tmp_path, "--port", "0", "--no-http", env=env) as served:
+        got = talk(served.port, b"IAM bob\nLOG 0123456789abcdef\nSET a 1\nSET b 2\nPING\n")
+        assert served.stop() == 0
+    assert got.startswith(b"ERR line-too-long ")
+    assert b"ERR too-many-keys " in got
+    starting = served.records()[0]
+    assert starting["backend"] == "trio"
+    assert starting["max_line_bytes"] == 16
+    assert "secret" not in served.log.read_text()
+
+
+def test_text_log_format(tmp_path: Path) -> None:
+    with serve(tmp_path, "--port", "0") as served:
+        talk(served.port, b"IAM bob\nFOO\nPING\n")
+        assert served.stop() == 0
+    text = served.log.read_text()
+    assert "client bob connected" in text
+    assert "ERR unknown-command" in text
+
+
+def test_serve_on_a_busy_port_exits_1(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [*COMMAND, "serve", "--port", str(port)], capture_output=True, timeout=TIMEOUT
+        )
+    assert result.returncode == 1
+    assert result.stdout == b""
+    last = result.stderr.decode().splitlines()[-1]  # after the log's "starting" record
+    assert last.startswith(f"logatron: cannot listen on 127.0.0.1:{port}: ")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--port", "x"],
+        ["serve", "--port", "70000"],
+        ["serve", "--backend", "curio"],
+        ["serve", "--buffer-size", "0"],
+        ["send", "not a name"],
+        ["send", "bob", "--set", "novalue"],
+        [],
+    ],
+)
+def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert "logatron" in capsys.readouterr().err
+
+
+def test_bad_environment_value_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LOGATRON_PORT", "abc")
+    with pytest.raises(SystemExit) as exited:
+        main(["serve"])
+    assert exited.value.code == 2
+    assert "LOGATRON_PORT" in capsys.readouterr().err
+
+
+def test_help_says_http_is_not_implemented_yet(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--http-port", "--no-http", "--token"):
+        assert flag in text
+    assert text.count("(HTTP interface: not yet implemented, accepted and ignored)") == 3
+    for variable in ("LOGATRON_HOST", "LOGATRON_PORT", "LOGATRON_BACKEND", "LOGATRON_TOKEN"):
+        assert variable in text
+
+
+# -- send ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def server_in_thread() -> Iterator[tuple[LogatronServer, anyio.from_thread.BlockingPortal]]:
+    with anyio.from_thread.start_blocking_portal("asyncio") as portal:
+        server = LogatronServer(port=0, registry=Registry(max_state_keys=4))
+        future, _ = portal.start_task(server.serve)
+        try:
+            yield server, portal
+        finally:
+            future.cancel()
+
+
+def send(port: int, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*COMMAND, "send", *args, "--port", str(port)],
+        input=stdin,
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+
+
+def test_send_delivers_state_then_stdin_lines() -> None:
+    with server_in_thread() as (server, portal):
+        result = send(
+            server.port,
+            "bob",
+            "--set",
+            "k=v",
+            "--set",
+            "mode=a b=c",
+            stdin=b"one\ntwo\r\n\xffthree\nlast without newline",
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == result.stderr == b""
+        info = portal.call(server.registry.client, "bob")
+    assert [entry.message for entry in info.log] == [
+        "one",
+        "two",
+        "\ufffdthree",
+        "last without newline",
+    ]
+    assert info.state == {"k": "v", "mode": "a b=c"}
+
+
+def test_send_many_lines_loses_none() -> None:
+    lines = 5000
+    with server_in_thread() as (server, portal):
+        stdin = b"".join(b"line %d\n" % index for index in range(lines))
+        result = send(server.port, "many", stdin=stdin)
+        assert result.returncode == 0, result.stderr
+        info = portal.call(server.registry.client, "many")
+    assert info.lines_received == lines
+    assert info.log[-1].message == f"line {lines - 1}"
+
+
+def test_send_with_a_taken_name_exits_1() -> None:
+    with (
+        server_in_thread() as (server, _),
+        socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as holder,
+    ):
+        holder.sendall(b"IAM bob\nPING\n")
+        assert holder.recv(100) == b"PONG\n"
+        result = send(server.port, "bob", stdin=b"hello\n")
+    assert result.returncode == 1
+    error = result.stderr.decode()
+    assert error.count("\n") == 1 and "name-taken" in error
+
+
+def test_send_to_an_unreachable_server_exits_1() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: refused
+        started = time.monotonic()
+        result = send(port, "bob", stdin=b"hello\n")
+    assert result.returncode == 1
+    error = result.stderr.decode()
+    assert error.count("\n") == 1 and error.startswith(f"logatron: cannot send to 127.0.0.1:{port}")
+    assert time.monotonic() - started < TIMEOUT
