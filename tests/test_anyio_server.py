@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -202,3 +203,25 @@ async def test_max_line_bytes_is_passed_to_every_session() -> None:
         assert entry.truncated and entry.message == "0123456789ab"
     with pytest.raises(ValueError):
         LogatronServer(max_line_bytes=0)
+
+
+def tcp_timer(local_port: int, remote_port: int) -> str:
+    """The ``tr`` (timer) field of a 127.0.0.1 socket in /proc/net/tcp: 02 = keep-alive timer."""
+    wanted = (f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}")
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == wanted:
+                return fields[5].split(":")[0]
+    raise AssertionError(f"no socket {wanted} in /proc/net/tcp")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux's /proc/net/tcp")
+async def test_accepted_sockets_use_tcp_keepalive() -> None:
+    async with serving() as server:
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+            await exchange(stream, b"IAM bob\nPING\n", b"PONG\n")
+            await anyio.sleep(0.3)  # past any delayed ACK
+            client_port = stream.extra(anyio.abc.SocketAttribute.local_port)
+            assert tcp_timer(server.port, client_port) == "02"  # the server's side
+            assert tcp_timer(client_port, server.port) == "00"  # the client's: no keep-alive

@@ -313,7 +313,14 @@ class LogatronServer:
             self.connections -= 1
             name = session.name
             if not session.closed:
-                session.receive_data(b"", self.clock())
+                try:
+                    session.receive_data(b"", self.clock())
+                except Exception as error:
+                    logger.exception(
+                        "closing the session of %s failed",
+                        peer,
+                        extra={"event": "connection-failed", "peer": peer, "error": repr(error)},
+                    )
             if name is not None:
                 logger.info(
                     "client %s disconnected (%s)",
