@@ -8,6 +8,7 @@ There is no background task: replies are read when :meth:`LogatronClient.ping` w
 from __future__ import annotations
 
 import itertools
+import math
 from types import TracebackType
 
 import anyio
@@ -182,13 +183,13 @@ async def connect(
     ConnectionLost when it closes without saying why, TimeoutError after ``timeout`` seconds.
     """
     ClientConnection().send(Identify(name))  # validates the name before connecting
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(timeout):  # one deadline for connecting and the IAM check
         stream = await anyio.connect_tcp(host, port)
-    client = LogatronClient(name, stream)
-    try:
-        # IAM and PING in one write: a refusal is then always read before the server closes.
-        await client._ping(timeout, client._connection.send(Identify(name)))
-    except BaseException:
-        await client.aclose()
-        raise
+        client = LogatronClient(name, stream)
+        try:
+            # IAM and PING in one write: a refusal is then always read before the server closes.
+            await client._ping(math.inf, client._connection.send(Identify(name)))
+        except BaseException:
+            await client.aclose()
+            raise
     return client
