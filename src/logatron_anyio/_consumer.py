@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
@@ -55,6 +56,7 @@ __all__ = [
     "Gap",
     "NotFound",
     "TailEvent",
+    "TailStream",
     "Unauthorized",
     "Unreachable",
     "sort_entries",
@@ -184,6 +186,29 @@ def _status_error(status: int, body: bytes) -> ConsumerError:
     return BadResponse(message)
 
 
+class TailStream:
+    """The events of :meth:`Consumer.tail`: an async iterator and an async context manager."""
+
+    def __init__(self, events: AsyncGenerator[TailEvent, None]) -> None:
+        self._events = events
+
+    def __aiter__(self) -> TailStream:
+        return self
+
+    async def __anext__(self) -> TailEvent:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        """Close the connection; iteration ends."""
+        await self._events.aclose()
+
+    async def __aenter__(self) -> TailStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
 class Consumer:
     """A client of one server's HTTP API: ``Consumer("http://127.0.0.1:2213", token=...)``.
 
@@ -306,7 +331,7 @@ class Consumer:
 
     # -- the live tail -------------------------------------------------------------------------
 
-    async def tail(
+    def tail(
         self,
         client: str | None = None,
         *,
@@ -315,9 +340,12 @@ class Consumer:
         reconnect: bool = True,
         keepalive: float = 30.0,
         max_backoff: float = 10.0,
-    ) -> AsyncIterator[TailEvent]:
+    ) -> TailStream:
         """Follow the server: the backlog after ``since`` (all of it if None), ``Current``,
         then live events, for every client or one.
+
+        Use as ``async with consumer.tail() as events: async for event in events: ...`` so
+        the connection is closed when you stop (or call ``aclose()``).
 
         After a lost connection it reconnects (backoff up to ``max_backoff`` s) with the last
         seq it yielded as cursor. ``on_connect`` (plain or async) is called at each connect.
@@ -326,17 +354,32 @@ class Consumer:
         BadResponse only when ``reconnect`` is false; NotFound never (a client that does not
         exist yet may connect later).
         """
+        return TailStream(
+            self._follow(client, since, on_connect, reconnect, keepalive, max_backoff)
+        )
+
+    async def _follow(
+        self,
+        client: str | None,
+        since: int | None,
+        on_connect: Callable[[], Awaitable[None] | None] | None,
+        reconnect: bool,
+        keepalive: float,
+        max_backoff: float,
+    ) -> AsyncGenerator[TailEvent, None]:
         cursor = since
         backoff = 0.1
         while True:
             try:
-                async for event in self._tail_once(client, cursor, on_connect, keepalive):
-                    backoff = 0.1
-                    if isinstance(event, LogEntry):
-                        cursor = event.seq
-                    elif isinstance(event, Current) and cursor is None:
-                        cursor = event.last_seq
-                    yield event
+                session = self._tail_once(client, cursor, on_connect, keepalive)
+                async with aclosing(session):
+                    async for event in session:
+                        backoff = 0.1
+                        if isinstance(event, LogEntry):
+                            cursor = event.seq
+                        elif isinstance(event, Current) and cursor is None:
+                            cursor = event.last_seq
+                        yield event
                 if not reconnect:
                     return
             except (Unreachable, BadResponse):
@@ -351,7 +394,7 @@ class Consumer:
         since: int | None,
         on_connect: Callable[[], Awaitable[None] | None] | None,
         keepalive: float,
-    ) -> AsyncIterator[TailEvent]:
+    ) -> AsyncGenerator[TailEvent, None]:
         """One WebSocket session; ends when the server closes it or the connection dies."""
         query: dict[str, Any] = {}
         if client is not None:

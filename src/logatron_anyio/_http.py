@@ -299,6 +299,9 @@ class HttpServer:
                 200,
                 {"entries": [entry_json(e) for e in entries], "last_seq": registry.last_seq},
             )
+        if path == "/api/tail":
+            upgrade = (("upgrade", "websocket"), ("connection", "upgrade"))
+            raise _HttpError(426, "upgrade-required", "/api/tail is a WebSocket", upgrade)
         parts = path.split("/")
         if len(parts) in (4, 5) and parts[:3] == ["", "api", "clients"]:
             name = self._known(parts[3])

@@ -1,0 +1,570 @@
+"""The HTTP API and the WebSocket tail, on asyncio and trio, over real sockets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import pytest
+from wsproto import WSConnection
+from wsproto.connection import ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Ping,
+    Request,
+    TextMessage,
+)
+
+from logatron_anyio import (
+    Consumer,
+    Current,
+    Gap,
+    HttpServer,
+    LogatronServer,
+    NotFound,
+    TailOptions,
+    Unauthorized,
+)
+from logatron_core import LogEntry, Registry
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 10
+
+
+@dataclass
+class Servers:
+    registry: Registry
+    tcp_port: int
+    http_port: int
+    http: HttpServer
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+@asynccontextmanager
+async def serving(
+    registry: Registry | None = None, *, token: str | None = None, **tail: Any
+) -> AsyncIterator[Servers]:
+    registry = registry or Registry()
+    tcp = LogatronServer(port=0, registry=registry)
+    http = HttpServer(registry, port=0, token=token, tail_options=TailOptions(**tail))
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            await tg.start(tcp.serve)
+            await tg.start(http.serve)
+            yield Servers(registry, tcp.port, http.port, http)
+            tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def tcp_client(servers: Servers, name: str) -> AsyncIterator[anyio.abc.SocketStream]:
+    stream = await anyio.connect_tcp("127.0.0.1", servers.tcp_port)
+    async with stream:
+        await stream.send(f"IAM {name}\n".encode())
+        yield stream
+
+
+async def ping(stream: anyio.abc.SocketStream) -> None:
+    """PING and wait for PONG: every line sent before is in the registry."""
+    await stream.send(b"PING sync\n")
+    data = b""
+    with anyio.fail_after(TIMEOUT):
+        while b"PONG sync\n" not in data:
+            data += await stream.receive()
+
+
+async def raw_http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes, read until the server closes: (status, headers, body)."""
+    stream = await anyio.connect_tcp("127.0.0.1", port)
+    data = b""
+    async with stream:
+        await stream.send(request)
+        with anyio.fail_after(TIMEOUT):
+            try:
+                while True:
+                    data += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                pass
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+async def get(
+    port: int, path: str, headers: tuple[str, ...] = (), method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    extra = "".join(f"{header}\r\n" for header in headers)
+    request = f"{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"
+    return await raw_http(port, request.encode())
+
+
+async def get_json(port: int, path: str, *headers: str) -> tuple[int, Any]:
+    status, _, body = await get(port, path, headers)
+    return status, json.loads(body)
+
+
+class RawTail:
+    """A WebSocket client that reads only when asked (to play a slow or rude subscriber)."""
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self.stream = stream
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.pending: list[Any] = []
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, port: int, target: str) -> AsyncIterator[RawTail]:
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+        async with stream:
+            tail = cls(stream)
+            await stream.send(tail.ws.send(Request(host="x", target=target)))
+            event = await tail.next_event()
+            assert isinstance(event, AcceptConnection), event
+            yield tail
+
+    async def next_event(self) -> Any:
+        with anyio.fail_after(TIMEOUT):
+            while not self.pending:
+                try:
+                    data: bytes | None = await self.stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    data = None
+                self.ws.receive_data(data)
+                self.pending.extend(self.ws.events())
+                if data is None and not self.pending:
+                    raise EOFError("connection closed")
+            return self.pending.pop(0)
+
+    async def next_message(self) -> dict[str, Any]:
+        """The next JSON message (pings are answered on the way)."""
+        parts: list[str] = []
+        while True:
+            event = await self.next_event()
+            if isinstance(event, TextMessage):
+                parts.append(event.data)
+                if not event.message_finished:
+                    continue
+                message: dict[str, Any] = json.loads("".join(parts))
+                return message
+            if isinstance(event, Ping):
+                await self.stream.send(self.ws.send(event.response()))
+            else:
+                raise AssertionError(f"expected a message, got {event!r}")
+
+    async def messages_until_current(self) -> list[dict[str, Any]]:
+        messages = [await self.next_message()]
+        while messages[-1]["type"] != "current":
+            messages.append(await self.next_message())
+        return messages
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+
+async def test_every_route_answers_json() -> None:
+    async with serving(Registry(buffer_size=3)) as servers, tcp_client(servers, "bob") as bob:
+        await bob.send(b"LOG one\nLOG two\nSET mood fine\nLOG three\nLOG four\n")
+        async with tcp_client(servers, "ann") as ann:
+            await ann.send(b"LOG hi ann\n")
+            await ping(ann)
+        await ping(bob)
+        port = servers.http_port
+
+        status, body = await get_json(port, "/api/clients?lines=1")
+        assert status == 200 and body["last_seq"] == 5
+        assert {c["name"]: c["connected"] for c in body["clients"]} == {"ann": False, "bob": True}
+        bob_json = next(c for c in body["clients"] if c["name"] == "bob")
+        assert [e["message"] for e in bob_json["log"]] == ["four"]
+        assert bob_json["state"] == {"mood": "fine"} and bob_json["lines_evicted"] == 1
+
+        status, body = await get_json(port, "/api/clients/bob")
+        assert status == 200 and [e["seq"] for e in body["log"]] == [2, 3, 4]
+
+        status, body = await get_json(port, "/api/clients/bob/log?since=2&limit=1")
+        assert status == 200 and [e["message"] for e in body["entries"]] == ["three"]
+
+        status, body = await get_json(port, "/api/clients/bob/state")
+        assert (status, body) == (200, {"client": "bob", "state": {"mood": "fine"}})
+
+        status, body = await get_json(port, "/api/recent?since=2")
+        assert [(e["client"], e["seq"]) for e in body["entries"]] == [
+            ("bob", 3),
+            ("bob", 4),
+            ("ann", 5),
+        ]
+        status, body = await get_json(port, "/api/recent?client=ann")
+        assert [e["message"] for e in body["entries"]] == ["hi ann"]
+
+        assert await get_json(port, "/healthz") == (200, {"status": "ok"})
+
+        status, headers, page = await get(port, "/")
+        assert status == 200 and headers["content-type"].startswith("text/html")
+        assert b"<title>Logatron</title>" in page and b"/api/tail" in page
+
+
+async def test_metrics_use_the_prometheus_text_format() -> None:
+    async with serving() as servers, tcp_client(servers, "m") as client:
+        await client.send(b"LOG x\nBOGUS\n")
+        await ping(client)
+        status, headers, body = await get(servers.http_port, "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    lines = body.decode().splitlines()
+    assert "logatron_lines_received_total 1" in lines
+    assert 'logatron_errors_total{code="unknown-command"} 1' in lines
+    assert 'logatron_clients{status="connected"} 1' in lines
+    assert "logatron_connections 1" in lines
+    assert "# TYPE logatron_tail_lagged_events_total counter" in lines
+    for line in lines:  # every sample belongs to a declared family
+        assert line.startswith("#") or line.split("{")[0].split()[0] in body.decode()
+
+
+async def test_head_answers_without_a_body() -> None:
+    async with serving() as servers:
+        status, headers, body = await get(servers.http_port, "/healthz", method="HEAD")
+    assert status == 200 and body == b"" and int(headers["content-length"]) > 0
+
+
+async def test_keep_alive_serves_several_requests_on_one_connection() -> None:
+    async with serving() as servers:
+        one = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        last = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        _, _, body = await raw_http(servers.http_port, one + one + last)
+    assert body.count(b'{"status":"ok"}') == 3
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/api/clients/ghost", 404, "no-such-client"),
+        ("/api/clients/ghost/log", 404, "no-such-client"),
+        ("/api/clients/ghost/state", 404, "no-such-client"),
+        ("/api/recent?client=ghost", 404, "no-such-client"),
+        ("/nowhere", 404, "not-found"),
+        ("/api/clients/a/b/c", 404, "not-found"),
+        ("/api/recent?since=abc", 400, "bad-request"),
+        ("/api/recent?since=-1", 400, "bad-request"),
+        ("/api/recent?limit=0", 400, "bad-request"),
+        ("/api/recent?client=bad%20name", 400, "bad-request"),
+    ],
+)
+async def test_bad_requests_get_json_errors(path: str, status: int, code: str) -> None:
+    async with serving() as servers:
+        got_status, body = await get_json(servers.http_port, path)
+    assert got_status == status and body["code"] == code and body["error"]
+
+
+async def test_wrong_method_gets_405_with_allow() -> None:
+    async with serving() as servers:
+        status, headers, body = await get(servers.http_port, "/api/clients", method="POST")
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+    assert json.loads(body)["code"] == "method-not-allowed"
+
+
+async def test_malformed_http_gets_400_and_ingest_goes_on() -> None:
+    async with serving() as servers, tcp_client(servers, "steady") as client:
+        status, _, body = await raw_http(servers.http_port, b"NOT HTTP AT ALL\r\n\r\n")
+        assert status == 400 and json.loads(body)["code"] == "bad-request"
+        await client.send(b"LOG still here\n")
+        await ping(client)
+        assert [e.message for e in servers.registry.log("steady")] == ["still here"]
+
+
+async def test_oversized_headers_get_431_and_a_bound_on_memory() -> None:
+    async with serving() as servers:
+        huge = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+        status, _, body = await raw_http(servers.http_port, huge)
+        assert status == 431 and json.loads(body)["code"] == "headers-too-large"
+        long_line = b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n"
+        status, _, _ = await raw_http(servers.http_port, long_line)
+        assert status == 431
+
+
+async def test_a_large_request_body_ends_the_connection() -> None:
+    async with serving() as servers:
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n"
+        status, _, _ = await raw_http(servers.http_port, request + b"x" * 200_000)
+    assert status == 200  # answered, then the rest of the body is not read
+
+
+# -- auth ----------------------------------------------------------------------------------------
+
+PROTECTED = {
+    "/": 200,
+    "/metrics": 200,
+    "/api/clients": 200,
+    "/api/clients/a": 200,
+    "/api/clients/a/log": 200,
+    "/api/clients/a/state": 200,
+    "/api/recent": 200,
+    "/api/tail": 426,  # a WebSocket: see test_tail_websocket_needs_the_token_too
+}
+
+
+@pytest.mark.parametrize(("path", "allowed"), PROTECTED.items())
+async def test_every_route_but_healthz_needs_the_token(path: str, allowed: int) -> None:
+    async with serving(token="s3cret") as servers, tcp_client(servers, "a") as client:
+        await ping(client)
+        port = servers.http_port
+        for headers in [(), ("Authorization: Bearer wrong",), ("Authorization: Basic s3cret",)]:
+            status, response_headers, body = await get(port, path, headers)
+            assert status == 401 and json.loads(body)["code"] == "unauthorized"
+            assert response_headers["www-authenticate"].startswith("Bearer")
+        status, _, _ = await get(port, path, ("Authorization: Bearer s3cret",))
+        assert status == allowed
+        status, _, _ = await get(port, path + "?token=s3cret")
+        assert status == allowed
+        assert (await get(port, "/healthz"))[0] == 200
+
+
+async def test_tail_websocket_needs_the_token_too() -> None:
+    async with serving(token="s3cret") as servers:
+        with pytest.raises(Unauthorized):
+            async with Consumer(servers.url, token="wrong").tail(reconnect=False) as events:
+                async for _ in events:
+                    pass
+        async with Consumer(servers.url, token="s3cret").tail(reconnect=False) as events:
+            assert await events.__anext__() == Current(0)
+
+
+# -- the tail ------------------------------------------------------------------------------------
+
+
+async def test_tail_sends_backlog_current_then_live_events() -> None:
+    async with serving() as servers, tcp_client(servers, "bob") as bob:
+        await bob.send(b"LOG old\n")
+        await ping(bob)
+        async with RawTail.open(servers.http_port, "/api/tail?since=0") as tail:
+            first = await tail.messages_until_current()
+            assert [(m["type"], m.get("message")) for m in first] == [
+                ("log", "old"),
+                ("current", None),
+            ]
+            assert first[-1]["last_seq"] == 1
+            await bob.send(b"LOG new\nSET k v\n")
+            live = await tail.next_message()
+            assert (live["type"], live["seq"], live["message"]) == ("log", 2, "new")
+            assert await tail.next_message() == {
+                "type": "set",
+                "client": "bob",
+                "key": "k",
+                "value": "v",
+                "timestamp": pytest.approx(live["timestamp"], abs=5),
+            }
+            async with tcp_client(servers, "carol") as carol:
+                await ping(carol)
+                ready = await tail.next_message()
+                assert (ready["type"], ready["client"]) == ("ready", "carol")
+            closed = await tail.next_message()
+            assert (closed["type"], closed["client"]) == ("close", "carol")
+
+
+async def test_tail_of_one_client_filters_the_others() -> None:
+    async with serving() as servers, tcp_client(servers, "a") as a, tcp_client(servers, "b") as b:
+        await ping(a)
+        await ping(b)
+        async with RawTail.open(servers.http_port, "/api/tail?client=b") as tail:
+            await tail.messages_until_current()
+            await a.send(b"LOG for a\n")
+            await ping(a)
+            await b.send(b"LOG for b\n")
+            message = await tail.next_message()
+            assert (message["client"], message["message"]) == ("b", "for b")
+
+
+async def test_no_entry_lost_or_repeated_at_the_seam() -> None:
+    """Lines written while tails connect and send their backlog are each seen exactly once."""
+    total = 3000
+    async with serving(Registry(buffer_size=10_000)) as servers, tcp_client(servers, "w") as w:
+        seen: list[list[int]] = []
+
+        async def follow(since: int) -> None:
+            seqs: list[int] = []
+            seen.append(seqs)
+            async with RawTail.open(servers.http_port, f"/api/tail?since={since}") as tail:
+                while not seqs or seqs[-1] < total:
+                    message = await tail.next_message()
+                    if message["type"] == "log":
+                        seqs.append(message["seq"])
+
+        async with anyio.create_task_group() as tg:
+            for batch in range(30):
+                await w.send(b"".join(b"LOG %d\n" % (batch * 100 + i) for i in range(100)))
+                if batch % 6 == 3:
+                    await ping(w)
+                    tg.start_soon(follow, servers.registry.last_seq // 2)
+                await anyio.lowlevel.checkpoint()
+            await ping(w)
+        assert len(seen) == 5
+        for seqs in seen:
+            assert seqs == list(range(seqs[0], total + 1))
+
+
+async def test_gap_says_how_many_entries_were_evicted() -> None:
+    async with serving(Registry(buffer_size=2)) as servers, tcp_client(servers, "g") as g:
+        await g.send(b"LOG 1\nLOG 2\nLOG 3\nLOG 4\nLOG 5\n")
+        await ping(g)
+        async with RawTail.open(servers.http_port, "/api/tail?since=1") as tail:
+            messages = await tail.messages_until_current()
+    assert messages[0] == {"type": "gap", "missed": 2}
+    assert [m.get("seq") for m in messages[1:]] == [4, 5, None]
+
+
+async def test_tail_rejects_bad_cursor_and_bad_client() -> None:
+    async with serving() as servers:
+        port = servers.http_port
+        upgrade = (
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version: 13",
+        )
+        status, _, body = await get(port, "/api/tail?since=x", upgrade)
+        assert status == 400 and json.loads(body)["code"] == "bad-request"
+        status, _, _ = await get(port, "/api/tail?client=a%20b", upgrade)
+        assert status == 400
+        status, _, body = await get(port, "/api/tail", upgrade[2:])  # no Upgrade header
+        assert status == 426 and json.loads(body)["code"] == "upgrade-required"
+
+
+async def test_a_stalled_subscriber_lags_and_never_slows_ingest() -> None:
+    async with serving(max_queue_lines=50) as servers, tcp_client(servers, "fast") as fast:
+        async with RawTail.open(servers.http_port, "/api/tail") as stalled:
+            await stalled.messages_until_current()
+            line = b"LOG " + b"z" * 2000 + b"\n"
+            with anyio.fail_after(TIMEOUT):  # ingest finishes although nobody reads the tail
+                for _ in range(40):
+                    await fast.send(line * 250)
+                await ping(fast)
+            assert servers.registry.stats.lines_received == 10_000
+            assert servers.http.tail_options.lagged_total > 0
+            types = set()
+            with anyio.fail_after(TIMEOUT):
+                while "lagged" not in types:
+                    types.add((await stalled.next_message())["type"])
+
+
+async def test_server_pings_and_closes_a_tail_that_never_answers() -> None:
+    async with serving(ping_interval=0.2) as servers:
+        async with RawTail.open(servers.http_port, "/api/tail") as tail:
+            assert isinstance(await tail.next_event(), TextMessage)  # current
+            assert isinstance(await tail.next_event(), Ping)
+            event = await tail.next_event()  # no pong sent: the server gives up
+            while isinstance(event, Ping):
+                event = await tail.next_event()
+            assert isinstance(event, CloseConnection)
+            assert event.code == 1011 and "pong" in (event.reason or "")
+
+
+async def test_websocket_protocol_violation_closes_with_1002() -> None:
+    async with serving() as servers:
+        async with RawTail.open(servers.http_port, "/api/tail") as tail:
+            await tail.next_message()
+            await tail.stream.send(b"\x81\x05hello")  # an unmasked frame from a client
+            event = await tail.next_event()
+            assert isinstance(event, CloseConnection) and event.code == 1002 and event.reason
+
+
+@asynccontextmanager
+async def http_only(registry: Registry, port: int = 0) -> AsyncIterator[HttpServer]:
+    """An HTTP server that stops (closing its tails) when the block ends."""
+    http = HttpServer(registry, port=port)
+    async with anyio.create_task_group() as tg:
+        await tg.start(http.serve)
+        yield http
+        tg.cancel_scope.cancel()
+
+
+async def test_shutdown_closes_tails_with_a_reason() -> None:
+    registry = Registry()
+    async with http_only(registry) as http:
+        tail_cm = RawTail.open(http.port, "/api/tail")
+        tail = await tail_cm.__aenter__()
+        await tail.next_message()
+    try:
+        event = await tail.next_event()
+        assert isinstance(event, CloseConnection)
+        assert (event.code, event.reason) == (1001, "server shutting down")
+    finally:
+        await tail_cm.__aexit__(None, None, None)
+
+
+# -- the consumer library ------------------------------------------------------------------------
+
+
+async def test_consumer_queries_and_distinct_errors() -> None:
+    async with serving() as servers, tcp_client(servers, "c1") as client:
+        await client.send(b"LOG a\nSET k v\n")
+        await ping(client)
+        consumer = Consumer(servers.url)
+        assert list(await consumer.clients()) == ["c1"]
+        assert (await consumer.client("c1")).log[0].message == "a"
+        assert await consumer.state("c1") == {"k": "v"}
+        assert [e.message for e in await consumer.recent("c1")] == ["a"]
+        with pytest.raises(NotFound):
+            await consumer.state("ghost")
+
+
+async def test_consumer_tail_resumes_without_loss_or_repeat_after_a_drop() -> None:
+    registry = Registry(buffer_size=1000)
+    async with serving(registry) as servers, tcp_client(servers, "r") as r:
+        await r.send(b"LOG before\n")
+        await ping(r)
+        seen: list[LogEntry] = []
+        connects = 0
+
+        def on_connect() -> None:
+            nonlocal connects
+            connects += 1
+
+        async with http_only(registry) as http:
+            port = http.port
+            consumer = Consumer(f"http://127.0.0.1:{port}", timeout=2)
+            events = consumer.tail(since=0, on_connect=on_connect, max_backoff=0.2)
+            async for event in events:  # closed at the end of the test
+                if isinstance(event, LogEntry):
+                    seen.append(event)
+                if isinstance(event, Current):
+                    break
+        # The server went away (the tail was closed); lines arrive while it is down.
+        await r.send(b"LOG during 1\nLOG during 2\n")
+        await ping(r)
+        async with http_only(registry, port):
+            with anyio.fail_after(TIMEOUT):
+                async for event in events:
+                    if isinstance(event, LogEntry):
+                        seen.append(event)
+                        if event.message == "during 2":
+                            break
+            await events.aclose()
+    assert [e.message for e in seen] == ["before", "during 1", "during 2"]
+    assert connects == 2
+
+
+async def test_consumer_tail_surfaces_a_gap() -> None:
+    async with serving(Registry(buffer_size=1)) as servers, tcp_client(servers, "g") as g:
+        await g.send(b"LOG 1\nLOG 2\nLOG 3\n")
+        await ping(g)
+        events = []
+        async with Consumer(servers.url).tail(since=0, reconnect=False) as stream:
+            async for event in stream:
+                events.append(event)
+                if isinstance(event, Current):
+                    break
+    assert isinstance(events[0], Gap) and events[0].missed == 2
