@@ -153,3 +153,23 @@ async def test_a_garbled_reply_raises_connection_lost() -> None:
     async with fake_server(garbled) as port:
         with pytest.raises(ConnectionLost):
             await connect("bob", port=port, timeout=5)
+
+
+async def test_the_readme_example() -> None:
+    """The README's async client and embedded server examples, with an ephemeral port."""
+    async with anyio.create_task_group() as tg:
+        server = LogatronServer(port=0)
+        await tg.start(server.serve)
+        async with server.events() as events:
+            async with await connect("worker-1", "127.0.0.1", server.port) as client:
+                await client.set("phase", "build")
+                await client.log("starting", "a second line")
+                await client.ping(timeout=5)  # every line above is now stored
+            with anyio.fail_after(5):
+                seen = [type(await anext(events)).__name__ for _ in range(4)]
+        tg.cancel_scope.cancel()
+    assert seen == ["ClientReady", "StateSet", "Logged", "ClientClosed"]
+    assert [entry.message for entry in server.registry.log("worker-1")] == [
+        "starting",
+        "a second line",
+    ]
