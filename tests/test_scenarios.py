@@ -137,6 +137,10 @@ class Servers:
         self._stack.callback(future.cancel)
         return Running(server.port, registry, server, portal.call)
 
+    def on_teardown(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` after everything started later is closed."""
+        self._stack.callback(callback)
+
     def peer(self, running: Running) -> Peer:
         peer = Peer(running.port)
         self._stack.callback(peer.close)
@@ -317,6 +321,7 @@ def test_a_thousand_concurrent_clients(servers: Servers) -> None:
         if hard != resource.RLIM_INFINITY and hard < wanted:
             pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below {wanted}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        servers.on_teardown(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
     running = servers.start()
     peers = [servers.peer(running) for _ in range(count)]
     for index, peer in enumerate(peers):
