@@ -245,6 +245,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[
         )
     except ValueError as error:
         parser.error(str(error))
+    level = logging.getLogger("logatron").level
     handler = _configure_log(values["log_format"], sys.stderr)
     settings = {key: value for key, value in values.items() if key != "token"}
     logging.getLogger("logatron.server").info(
@@ -267,6 +268,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[
         return 1
     finally:
         logging.getLogger("logatron").removeHandler(handler)
+        logging.getLogger("logatron").setLevel(level)
     return 0
 
 
