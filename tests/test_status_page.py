@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import anyio.from_thread
 import pytest
 
 from browser import CHROMIUM, Browser, BrowserError, Page
-from logatron_anyio import HttpServer, LogatronServer
+from logatron_anyio import HttpServer, LogatronServer, TailOptions
 from logatron_core import Registry
 
 TIMEOUT = 10.0  # a socket operation
@@ -44,32 +45,67 @@ PAGE_VIEW = """(() => {
 })()"""
 
 
-@dataclass
 class Servers:
-    registry: Registry
-    tcp_port: int
-    http_port: int
+    """A TCP server and an HTTP server on one registry, in a background thread's event loop."""
+
+    def __init__(
+        self,
+        portal: anyio.from_thread.BlockingPortal,
+        token: str | None,
+        tail_options: TailOptions | None,
+        registry: Registry | None,
+    ) -> None:
+        self.portal = portal
+        self.token = token
+        self.tail_options = tail_options
+        self.registry = registry or Registry()
+        tcp = LogatronServer(port=0, registry=self.registry)
+        self.tcp_task, (_, self.tcp_port) = portal.start_task(tcp.serve)
+        self.http_port = 0
+        self.http_task: Future[None] | None = None
+        self.start_http()
+
+    def start_http(self) -> None:
+        """Start the HTTP server (again: on the same port, once the old listener is gone)."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            http = HttpServer(
+                self.registry, port=self.http_port, token=self.token, tail_options=self.tail_options
+            )
+            try:
+                self.http_task, (_, self.http_port) = self.portal.start_task(http.serve)
+                return
+            except OSError:  # the previous server's listener is not closed yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop_http(self) -> None:
+        if self.http_task is not None:
+            self.http_task.cancel()
+            self.http_task = None
+
+    def stop(self) -> None:
+        self.stop_http()
+        self.tcp_task.cancel()
 
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.http_port}{path}"
 
 
 @contextmanager
-def serving(backend: str, token: str | None = None) -> Iterator[Servers]:
-    """A TCP server and an HTTP server on one registry, in a background thread's event loop."""
-    registry = Registry()
-    tcp = LogatronServer(port=0, registry=registry)
-    http = HttpServer(registry, port=0, token=token)
+def serving(
+    backend: str,
+    token: str | None = None,
+    tail_options: TailOptions | None = None,
+    registry: Registry | None = None,
+) -> Iterator[Servers]:
     with anyio.from_thread.start_blocking_portal(backend) as portal:
-        tcp_task, (_, tcp_port) = portal.start_task(tcp.serve)
+        servers = Servers(portal, token, tail_options, registry)
         try:
-            http_task, (_, http_port) = portal.start_task(http.serve)
-            try:
-                yield Servers(registry, tcp_port, http_port)
-            finally:
-                http_task.cancel()
+            yield servers
         finally:
-            tcp_task.cancel()
+            servers.stop()
 
 
 class TcpClient:
@@ -113,7 +149,20 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
         yield launched
 
 
+def hold_snapshots(page: Page) -> None:
+    """From now on the browser holds every response of /api/clients until released."""
+    pattern = {"urlPattern": "*/api/clients*", "requestStage": "Response"}
+    page.call("Fetch.enable", {"patterns": [pattern]})
+
+
+def release(page: Page, held: dict[str, Any]) -> None:
+    page.call("Fetch.continueRequest", {"requestId": held["params"]["requestId"]})
+
+
 def view(page: Page) -> dict[str, Any]:
+    """What the page shows (any response held by hold_snapshots released first)."""
+    for held in page.take_events("Fetch.requestPaused"):
+        release(page, held)
     result: dict[str, Any] = json.loads(page.evaluate(PAGE_VIEW))
     return result
 
@@ -178,6 +227,18 @@ def test_status_page_shows_clients_and_follows_them_live(
                 ),
             )
 
+            # Text is shown as text, never as markup.
+            bob.send('LOG <img src=x onerror="window.pwned = 1"> ünïcødé ✓\n'.encode())
+            wait_for_view(
+                page,
+                "the markup shown as text",
+                lambda v: (
+                    '<img src=x onerror="window.pwned = 1"> ünïcødé ✓' in v["tail"]
+                    and "ünïcødé ✓" in card(v, "bob").get("lines", "")
+                ),
+            )
+            assert page.evaluate("document.querySelector('main img') === null && !window.pwned")
+
             bob.send(b"SET mood sad\n")
             wait_for_view(page, "mood=sad", lambda v: card(v, "bob").get("state") == "mood=sad")
             page.screenshot(tmp_path / "status.png")
@@ -240,9 +301,7 @@ def test_state_changed_while_the_page_loads_is_not_lost(browser: Browser) -> Non
     the page must still end up showing them."""
     with serving("asyncio") as servers:
         page = browser.new_page()
-        # Hold the snapshot's response in the browser, after the server has answered it.
-        pattern = {"urlPattern": "*/api/clients*", "requestStage": "Response"}
-        page.call("Fetch.enable", {"patterns": [pattern]})
+        hold_snapshots(page)
         with tcp_client(servers.tcp_port) as bob:
             bob.send(b"IAM bob\nSET mood happy\nLOG first line\nPING\n")
             bob.expect(b"PONG\n")
@@ -254,22 +313,17 @@ def test_state_changed_while_the_page_loads_is_not_lost(browser: Browser) -> Non
         while get_json(servers, "/api/clients/bob")["connected"]:
             assert time.monotonic() < deadline, "the server did not see bob leave"
             time.sleep(0.02)
-        page.call("Fetch.continueRequest", {"requestId": held["params"]["requestId"]})
-
-        def settled() -> dict[str, Any] | None:
-            for later in page.take_events("Fetch.requestPaused"):
-                page.call("Fetch.continueRequest", {"requestId": later["params"]["requestId"]})
-            current = view(page)
-            bob_card = card(current, "bob")
-            ok = (
-                bob_card.get("badge") == "retained"
-                and bob_card.get("state") == "mood=changed meanwhile"
-                and "line meanwhile" in bob_card.get("lines", "")
-                and "bob: line meanwhile" in current["tail"]
-            )
-            return current if ok else None
-
-        final = page.wait_for(settled, "bob retained with mood=changed meanwhile", PAGE_TIMEOUT)
+        release(page, held)
+        final = wait_for_view(
+            page,
+            "bob retained, with mood=changed meanwhile and the line sent meanwhile",
+            lambda v: (
+                card(v, "bob").get("badge") == "retained"
+                and card(v, "bob").get("state") == "mood=changed meanwhile"
+                and "line meanwhile" in card(v, "bob").get("lines", "")
+                and "bob: line meanwhile" in v["tail"]
+            ),
+        )
         assert card(final, "bob")["lines"].count("line meanwhile") == 1
         assert final["tail"].count("line meanwhile") == 1
         assert page.problems() == []
@@ -281,7 +335,11 @@ def test_a_burst_is_drawn_in_full_and_the_tail_stays_bounded(browser: Browser) -
         bob.expect(b"PONG\n")
         page = browser.new_page()
         page.navigate(servers.url())
-        wait_for_view(page, "bob connected", lambda v: card(v, "bob").get("badge") == "connected")
+        wait_for_view(
+            page,
+            "bob connected, the tail live",
+            lambda v: card(v, "bob").get("badge") == "connected" and v["status"] == "live",
+        )
 
         bob.send(b"".join(b"LOG burst %d\n" % i for i in range(1200)) + b"PING\n")
         bob.expect(b"PONG\n")
@@ -306,6 +364,105 @@ def test_a_burst_is_drawn_in_full_and_the_tail_stays_bounded(browser: Browser) -
         assert page.evaluate(top_line) == reading
         assert page.evaluate(f"{tail}.scrollTop") <= 100
         assert page.problems() == []
+
+
+def test_lines_evicted_before_the_tail_starts_show_as_a_gap(browser: Browser) -> None:
+    with (
+        serving("asyncio", registry=Registry(buffer_size=3)) as servers,
+        tcp_client(servers.tcp_port) as bob,
+    ):
+        bob.send(b"IAM bob\nLOG first line\nPING\n")
+        bob.expect(b"PONG\n")
+        page = browser.new_page()
+        hold_snapshots(page)
+        page.navigate(servers.url())
+        held = page.wait_for_event("Fetch.requestPaused", timeout=PAGE_TIMEOUT)
+        bob.send(b"".join(b"LOG line %d\n" % i for i in range(10)) + b"PING\n")
+        bob.expect(b"PONG\n")
+        release(page, held)  # a snapshot with seq 1 the newest: lines 2-8 will be gone
+        final = wait_for_view(
+            page,
+            "the last line, and bob's card from the second snapshot",
+            lambda v: (
+                "bob: line 9" in v["tail"] and "first line" not in card(v, "bob").get("lines", "")
+            ),
+        )
+        # Each tail line: "#seq <local time> client: message".
+        tail = [re.sub(r"^#\S+ .*? (?=\w+: )", "", line) for line in final["tail"].splitlines()]
+        assert tail == [
+            "logatron: 7 lines missed (gap)",
+            "bob: line 7",
+            "bob: line 8",
+            "bob: line 9",
+        ]
+        lines = card(final, "bob")["lines"].splitlines()
+        assert [line.split("  ", 1)[1] for line in lines] == ["line 7", "line 8", "line 9"]
+        assert page.problems() == []
+
+
+def test_a_lagging_tail_resyncs_the_clients(browser: Browser) -> None:
+    """Past its queue bound the tail drops events (a "lagged" notice says how many): the
+    page must not keep showing the state those events changed."""
+    with (
+        serving("asyncio", tail_options=TailOptions(max_queue_lines=1)) as servers,
+        tcp_client(servers.tcp_port) as bob,
+    ):
+        bob.send(b"IAM bob\nSET count start\nPING\n")
+        bob.expect(b"PONG\n")
+        page = browser.new_page()
+        page.navigate(servers.url())
+        wait_for_view(
+            page,
+            "count=start, the tail live",
+            lambda v: card(v, "bob").get("state") == "count=start" and v["status"] == "live",
+        )
+
+        bob.send(b"".join(b"SET count %d\n" % i for i in range(200)) + b"LOG done\nPING\n")
+        bob.expect(b"PONG\n")
+        final = wait_for_view(
+            page,
+            "count=199 and the line after the burst",
+            lambda v: (
+                card(v, "bob").get("state") == "count=199"
+                and "done" in card(v, "bob").get("lines", "")
+            ),
+        )
+        assert "events missed (lagged)" in final["tail"]
+        assert page.problems() == []
+
+
+def test_the_page_reconnects_when_the_http_server_comes_back(browser: Browser) -> None:
+    with serving("asyncio") as servers, tcp_client(servers.tcp_port) as bob:
+        bob.send(b"IAM bob\nLOG first line\nPING\n")
+        bob.expect(b"PONG\n")
+        page = browser.new_page()
+        page.navigate(servers.url())
+        wait_for_view(page, "live", lambda v: v["status"] == "live")
+        page.evaluate("window.notReloaded = true")
+
+        servers.stop_http()
+        wait_for_view(
+            page,
+            "the status saying why the tail closed",
+            lambda v: v["status"].startswith("disconnected (server shutting down)"),
+        )
+        bob.send(b"SET mood back\nLOG while the page was away\nPING\n")
+        bob.expect(b"PONG\n")
+        servers.start_http()
+        wait_for_view(
+            page,
+            "the page back, with what happened meanwhile",
+            lambda v: (
+                v["status"] == "live"
+                and card(v, "bob").get("state") == "mood=back"
+                and "while the page was away" in card(v, "bob").get("lines", "")
+            ),
+        )
+        bob.send(b"LOG after the restart\n")
+        wait_for_view(page, "the live tail", lambda v: "bob: after the restart" in v["tail"])
+        assert page.evaluate("window.notReloaded") is True
+        # Failed loads while the server was down are expected; script errors are not.
+        assert [p for p in page.problems() if p.startswith("exception")] == []
 
 
 def test_a_missing_chromium_fails_with_a_clear_message(tmp_path: Path) -> None:
