@@ -128,7 +128,10 @@ class Servers:
             )
             sync.start()
             self._stack.callback(sync.stop)
-            return Running(sync.port, registry, sync, lambda read: read())
+            # Registry reads run on the server's loop thread, as for the anyio servers.
+            return Running(
+                sync.port, registry, sync, lambda read: sync.call(lambda _: read(), timeout=TIMEOUT)
+            )
         portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal(self.kind))
         server = LogatronServer(
             "127.0.0.1", 0, registry=registry, max_line_bytes=max_line_bytes, clock=clock
