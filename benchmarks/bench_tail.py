@@ -97,7 +97,7 @@ def serve(backend: str, profile_to: str | None) -> None:
             await tg.start(tcp.serve)
             await tg.start(http.serve)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                print(f"PORTS {tcp.port} {http.port}", flush=True)
+                print(f"PORTS {tcp.port} {http.port} {time.process_time():.3f}", flush=True)
                 with anyio.move_on_after(SERVE_MAX_SECONDS):
                     async for _ in signals:
                         break
@@ -335,7 +335,8 @@ def subscribe(port: int, mode: str, decoder: str, expect: int) -> None:
 
     sock, ws, pending = open_tail(port)
     frames_of: RawFrames | WsprotoFrames = RawFrames() if decoder == "raw" else WsprotoFrames(ws)
-    latencies: list[float] = []
+    latencies: list[float] = []  # from the server's receipt (the entry's timestamp)
+    end_to_end: list[float] = []  # from the sender's send
     logs = missed = other = 0
     first = last = 0.0
     ready = False
@@ -361,8 +362,9 @@ def subscribe(port: int, mode: str, decoder: str, expect: int) -> None:
                         if logs == 1:
                             first = now
                         if mode == "latency":
+                            latencies.append(now - float(message["timestamp"]))
                             sent_at = float(message["message"].split()[1])
-                            latencies.append(now - sent_at)
+                            end_to_end.append(now - sent_at)
                     elif kind == "lagged":
                         missed += int(message["missed"])
                     elif kind == "current" and not ready:
@@ -395,13 +397,12 @@ def subscribe(port: int, mode: str, decoder: str, expect: int) -> None:
         "span": last - first,
         "cpu_seconds": round(cpu, 3),
     }
-    if latencies:
-        latencies.sort()
-        result.update(
-            p50_ms=1000 * percentile(latencies, 0.50),
-            p99_ms=1000 * percentile(latencies, 0.99),
-            max_ms=1000 * latencies[-1],
-        )
+    for prefix, measured in (("", latencies), ("send_", end_to_end)):
+        if measured:
+            measured.sort()
+            result[f"{prefix}p50_ms"] = 1000 * percentile(measured, 0.50)
+            result[f"{prefix}p99_ms"] = 1000 * percentile(measured, 0.99)
+            result[f"{prefix}max_ms"] = 1000 * measured[-1]
     print(json.dumps(result), flush=True)
 
 
@@ -470,14 +471,17 @@ class Server(Child):
     def __init__(self, backend: str, profile_to: str | None = None) -> None:
         super().__init__("--serve", "--backend", backend, profile_to=profile_to)
         words = self.line(STARTUP_TIMEOUT).split()
-        if len(words) != 3 or words[0] != "PORTS":
+        if len(words) != 4 or words[0] != "PORTS":
             raise RuntimeError(f"unexpected startup line {words!r}")
         self.tcp_port, self.http_port = int(words[1]), int(words[2])
+        self.startup_cpu = float(words[3])
 
     def finish(self) -> _Json:
-        """SIGTERM: the server prints its counters and ends (writing its profile)."""
+        """SIGTERM: the server prints its counters and ends (writing its profile).
+        ``cpu_seconds`` is then the CPU time it used since it started listening."""
         self.process.send_signal(signal.SIGTERM)
         counters = self.json(STOP_TIMEOUT)
+        counters["cpu_seconds"] = float(counters["cpu_seconds"]) - self.startup_cpu
         self.process.wait(STOP_TIMEOUT)
         return counters
 
@@ -517,16 +521,22 @@ def run_ingest(backend: str, lines: int, stalled: int, profile_to: str | None = 
             if stall_child.line(STARTUP_TIMEOUT) != "ready":
                 raise RuntimeError("the stalled tails did not open")
         measured = run_child("--generate", str(server.tcp_port), "--lines", str(lines))
+        if stalled:
+            # Closed first, their tails end at once instead of in the server's close grace.
+            started.pop().stop()
         counters = server.finish()
     total = int(measured["lines"])
     if counters["lines_received"] != total:
         raise RuntimeError(f"sent {total} lines, the server stored {counters['lines_received']}")
-    # Every tail was offered every line: what it did not drop it turned into a frame.
-    framed = stalled * total - int(counters["tail_lagged_lines"])
+    # Every tail was offered every line: what it did not drop it framed or still holds queued
+    # (at most DEFAULT_TAIL_QUEUE_LINES, 10,000).
+    kept = stalled * total - int(counters["tail_lagged_lines"])
+    cpu = float(counters["cpu_seconds"])
     return {
         "lines_per_s": total / float(measured["seconds"]),
-        "tail_lines_dequeued": framed,
-        "server_cpu_seconds": counters["cpu_seconds"],
+        "lines_per_cpu_s": total / cpu,
+        "tail_lines_kept": kept,
+        "server_cpu_seconds": cpu,
     }
 
 
@@ -550,7 +560,7 @@ def run_live(backend: str, seconds: float, decoder: str, profile_to: str | None 
         "ingested": measured["lines"],
         "ingest_lines_per_s": float(measured["lines"]) / float(measured["seconds"]),
         "subscriber_cpu_share": float(received["cpu_seconds"]) / span if span > 0 else 0.0,
-        "server_cpu_seconds": counters["cpu_seconds"],
+        "server_cpu_share": float(counters["cpu_seconds"]) / float(measured["seconds"]),
     }
 
 
@@ -582,6 +592,9 @@ def run_latency(backend: str, seconds: float, decoder: str, profile_to: str | No
         "p50_ms": received["p50_ms"],
         "p99_ms": received["p99_ms"],
         "max_ms": received["max_ms"],
+        "send_p50_ms": received["send_p50_ms"],
+        "send_p99_ms": received["send_p99_ms"],
+        "send_max_ms": received["send_max_ms"],
         "received": received["logs"],
         "lagged": received["missed"],
         "sent_lines_per_s": float(sent["lines"]) / float(sent["seconds"]),
@@ -599,8 +612,8 @@ def log(text: str) -> None:
 def measure(args: argparse.Namespace) -> None:
     quick = args.quick
     lines = args.lines or (250_000 if quick else 1_000_000)
-    flood_seconds = 2.0 if quick else 5.0
-    latency_seconds = 3.0 if quick else 10.0
+    flood_seconds = 1.5 if quick else 5.0
+    latency_seconds = 2.0 if quick else 10.0
     ingest_repeats = args.repeats or (3 if quick else 5)
     other_repeats = args.repeats or (1 if quick else 3)
     only = set(args.only.split(","))
@@ -616,17 +629,26 @@ def measure(args: argparse.Namespace) -> None:
                     log(
                         f"{backend} ingest, {count} stalled tails, {repeat}/{ingest_repeats}: "
                         f"{runs[-1]['lines_per_s']:,.0f} lines/s "
-                        f"(tail lines dequeued {runs[-1]['tail_lines_dequeued']:,}, "
-                        f"server cpu {runs[-1]['server_cpu_seconds']} s)"
+                        f"(server cpu {runs[-1]['server_cpu_seconds']:.3f} s, "
+                        f"stalled tails kept {runs[-1]['tail_lines_kept']:,} lines)"
                     )
             base = median(plain, "lines_per_s")
             with_tails = median(stalled, "lines_per_s")
             summary[f"{backend}_ingest_lines_per_s"] = round(base)
             summary[f"{backend}_ingest_stalled_lines_per_s"] = round(with_tails)
             summary[f"{backend}_ingest_ratio"] = round(with_tails / base, 3)
-            summary[f"{backend}_stalled_tail_lines_dequeued"] = round(
-                median(stalled, "tail_lines_dequeued")
+            # The same per server CPU second: steadier when other processes share the machine.
+            base_cpu = median(plain, "lines_per_cpu_s")
+            with_tails_cpu = median(stalled, "lines_per_cpu_s")
+            summary[f"{backend}_ingest_lines_per_cpu_s"] = round(base_cpu)
+            summary[f"{backend}_ingest_stalled_lines_per_cpu_s"] = round(with_tails_cpu)
+            summary[f"{backend}_ingest_cpu_ratio"] = round(with_tails_cpu / base_cpu, 3)
+            summary[f"{backend}_stalled_tail_lines_kept"] = round(
+                median(stalled, "tail_lines_kept")
             )
+            # What one stalled tail costs the server, whatever the length of the run.
+            extra = median(stalled, "server_cpu_seconds") - median(plain, "server_cpu_seconds")
+            summary[f"{backend}_cpu_ms_per_stalled_tail"] = round(1000 * extra / STALLED_TAILS, 1)
         if "live" in only:
             live = []
             for repeat in range(1, other_repeats + 1):
@@ -637,7 +659,8 @@ def measure(args: argparse.Namespace) -> None:
                     f"{one['events_per_s']:,.0f} events/s received "
                     f"({one['received']:,} received, {one['lagged']:,} lagged, "
                     f"ingest {one['ingest_lines_per_s']:,.0f} lines/s, "
-                    f"subscriber cpu {one['subscriber_cpu_share']:.0%})"
+                    f"server cpu {one['server_cpu_share']:.0%} of the flood's time, "
+                    f"subscriber cpu {one['subscriber_cpu_share']:.0%} of its span)"
                 )
             summary[f"{backend}_live_events_per_s"] = round(median(live, "events_per_s"))
             summary[f"{backend}_live_ingest_lines_per_s"] = round(
@@ -653,10 +676,12 @@ def measure(args: argparse.Namespace) -> None:
                 one = latency[-1]
                 log(
                     f"{backend} latency {repeat}/{other_repeats}: p50 {one['p50_ms']:.2f} ms, "
-                    f"p99 {one['p99_ms']:.2f} ms, max {one['max_ms']:.2f} ms "
+                    f"p99 {one['p99_ms']:.2f} ms, max {one['max_ms']:.2f} ms from receipt; "
+                    f"p50 {one['send_p50_ms']:.2f} ms, p99 {one['send_p99_ms']:.2f} ms, "
+                    f"max {one['send_max_ms']:.2f} ms from send "
                     f"({one['received']:,} received, {one['lagged']:,} lagged)"
                 )
-            for key in ("p50_ms", "p99_ms", "max_ms"):
+            for key in ("p50_ms", "p99_ms", "max_ms", "send_p50_ms", "send_p99_ms", "send_max_ms"):
                 summary[f"{backend}_latency_{key}"] = round(median(latency, key), 3)
     summary.update(
         clients=CLIENTS,
@@ -670,6 +695,7 @@ def measure(args: argparse.Namespace) -> None:
         repeats=other_repeats,
         decoder=args.decoder,
         cpus=os.cpu_count(),
+        load_average=round(os.getloadavg()[0], 2),
         python=platform.python_version(),
     )
     print(json.dumps(summary))
