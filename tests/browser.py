@@ -88,10 +88,14 @@ class Browser:
         os.set_blocking(self._to_browser, False)  # so that a write never outlasts its deadline
         try:
             argv = [executable, *FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"]
+            # Crash reports and caches go under the profile, not the user's home.
+            env = dict(os.environ)
+            env["XDG_CONFIG_HOME"] = str(user_data_dir / "xdg-config")
+            env["XDG_CACHE_HOME"] = str(user_data_dir / "xdg-cache")
             self.pid = os.posix_spawn(
                 executable,
                 argv,
-                dict(os.environ),
+                env,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT, 0o644),
