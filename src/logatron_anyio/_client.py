@@ -18,7 +18,6 @@ from logatron_core import (
     NEED_DATA,
     ClientConnection,
     ConnectionClosed,
-    ErrorCode,
     ErrorReply,
     Identify,
     Log,
@@ -26,6 +25,7 @@ from logatron_core import (
     Ping,
     Pong,
     RemoteProtocolError,
+    ServerRefused,
     SetState,
 )
 
@@ -34,17 +34,6 @@ __all__ = ["ConnectionLost", "LogatronClient", "ServerRefused", "connect"]
 _RECEIVE_BYTES = 65536
 _MAX_KEPT_ERRORS = 1000
 _tokens = itertools.count(1)
-
-
-class ServerRefused(LogatronError):
-    """The server refused the connection with a fatal ``ERR`` (``bad-iam``, ``name-taken``,
-    ``too-many-clients``) and closed it. ``code`` is the ErrorCode, ``text`` the server's
-    explanation."""
-
-    def __init__(self, code: ErrorCode, text: str) -> None:
-        super().__init__(f"the server refused the connection: {code.value}: {text}")
-        self.code = code
-        self.text = text
 
 
 class ConnectionLost(LogatronError):

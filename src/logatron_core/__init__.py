@@ -15,6 +15,7 @@ from ._errors import (
     NoSuchClient,
     RegistryRefusal,
     RemoteProtocolError,
+    ServerRefused,
     TooManyClients,
     TooManyKeys,
 )
@@ -94,6 +95,7 @@ __all__ = (
     "RemoteProtocolError",
     "ServerConnection",
     "ServerEvent",
+    "ServerRefused",
     "Session",
     "SetState",
     "StateSet",

@@ -14,6 +14,7 @@ __all__ = [
     "NoSuchClient",
     "RegistryRefusal",
     "RemoteProtocolError",
+    "ServerRefused",
     "TooManyClients",
     "TooManyKeys",
 ]
@@ -57,6 +58,18 @@ class RemoteProtocolError(LogatronError):
 
 class LocalProtocolError(LogatronError, ValueError):
     """Our caller asked for something the protocol forbids; nothing was changed or sent."""
+
+
+class ServerRefused(LogatronError):
+    """Seen by a client: the server answered a fatal ``ERR`` (``bad-iam``, ``name-taken``,
+    ``too-many-clients``) and closed the connection. ``code`` is the ErrorCode, ``text`` the
+    server's explanation. Every transport's client raises this same class.
+    """
+
+    def __init__(self, code: ErrorCode, text: str) -> None:
+        super().__init__(f"the server refused the connection: {code.value}: {text}")
+        self.code = code
+        self.text = text
 
 
 class RegistryRefusal(LogatronError):

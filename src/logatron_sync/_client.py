@@ -16,31 +16,19 @@ from logatron_core import (
     NEED_DATA,
     ClientConnection,
     ConnectionClosed,
-    ErrorCode,
     ErrorReply,
     Identify,
     Log,
     LogatronError,
     Ping,
     Pong,
+    ServerRefused,
     SetState,
 )
 
 __all__ = ["LogatronClient", "ServerRefused"]
 
 _RECV_BYTES = 64 * 1024
-
-
-class ServerRefused(LogatronError):
-    """The server answered a fatal ``ERR`` (``bad-iam``, ``name-taken``, ``too-many-clients``)
-    and closed the connection. ``code`` is the :class:`~logatron_core.ErrorCode`, ``text`` the
-    server's explanation.
-    """
-
-    def __init__(self, code: ErrorCode, text: str) -> None:
-        super().__init__(f"the server refused the connection: {code.value}: {text}")
-        self.code = code
-        self.text = text
 
 
 class LogatronClient:
