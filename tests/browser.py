@@ -259,7 +259,11 @@ class Browser:
             time.sleep(0.02)
 
     def close(self) -> None:
-        """Ask Chromium to quit, kill what is left of its process group, close the pipes."""
+        """Ask Chromium to quit, kill what is left of its process group, close the pipes.
+
+        (Chromium's crashpad handlers run in a session of their own and quit by themselves
+        once the browser is gone.)
+        """
         if self.pid is not None and not self._reaped:
             if self._to_browser is not None and not self._exited(0):
                 with contextlib.suppress(BrowserError, OSError):
@@ -295,10 +299,13 @@ class Page:
     def wait_for_event(self, method: str, timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
         return self.browser.wait_for_event(method, self.session, timeout)
 
-    def navigate(self, url: str) -> None:
+    def navigate(self, url: str, timeout: float = CALL_TIMEOUT) -> None:
+        """Open ``url`` and wait for its load event (its scripts have run by then)."""
+        self.take_events("Page.loadEventFired")  # any left from an earlier page
         result = self.call("Page.navigate", {"url": url})
         if result.get("errorText"):
             raise BrowserError(f"cannot open {url}: {result['errorText']}")
+        self.wait_for_event("Page.loadEventFired", timeout)
 
     def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression (awaited if a promise); raises on exceptions."""
