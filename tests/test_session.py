@@ -1,6 +1,6 @@
 """A Session drives one connection against the registry: every ERR code, replies, close."""
 
-from logatron_core import Registry, Session
+from logatron_core import MAX_ERROR_REPLIES_PER_RECEIVE, Registry, Session
 
 
 def session(registry: Registry | None = None, **limits: int) -> tuple[Session, Registry]:
@@ -80,3 +80,14 @@ def test_bytes_received_are_counted() -> None:
     s, registry = session()
     s.receive_data(b"IAM a\nLOG x\n", 1.0)
     assert registry.stats.bytes_received == 12
+
+
+def test_a_flood_of_bad_lines_gets_a_bounded_reply_but_every_error_counted() -> None:
+    s, registry = session()
+    flood = MAX_ERROR_REPLIES_PER_RECEIVE + 50
+    reply = s.receive_data(b"IAM a\n" + b"FOO\n" * flood + b"PING end\n", 1.0)
+    lines = reply.splitlines()
+    assert len(lines) == MAX_ERROR_REPLIES_PER_RECEIVE + 1 and lines[-1] == b"PONG end"
+    assert registry.stats.errors == {"unknown-command": flood}
+    assert registry.client("a").errors == flood
+    assert s.receive_data(b"FOO\n", 2.0).startswith(b"ERR unknown-command")  # a new chunk

@@ -238,7 +238,9 @@ def test_a_peer_that_never_reads_slows_no_one(server: LogatronServer) -> None:
     stop = threading.Event()
 
     def flooder() -> None:
-        burst = b"NOPE\n" * 20_000
+        # Unknown commands and PINGs with long tokens: the core caps ERR lines per chunk,
+        # but answers every PING, so the replies this peer never reads pile up.
+        burst = (b"NOPE\n" * 50 + b"PING " + b"t" * 1000 + b"\n") * 400
         flood.sendall(b"IAM flooder\n")
         deadline = time.monotonic() + 10
         while not stop.is_set() and time.monotonic() < deadline:

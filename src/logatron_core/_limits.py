@@ -10,6 +10,7 @@ __all__ = [
     "DEFAULT_MAX_RETAINED",
     "DEFAULT_MAX_STATE_KEYS",
     "DEFAULT_RETENTION_SECONDS",
+    "MAX_ERROR_REPLIES_PER_RECEIVE",
     "MAX_LINE_BYTES",
     "MAX_NAME_LENGTH",
     "MAX_PENDING_REPLY_BYTES",
@@ -26,6 +27,11 @@ MAX_LINE_BYTES = 64 * 1024
 # Replies (PONG, ERR) waiting to be written to one peer. A peer that does not read gets the
 # replies past this bound dropped, so it can never make the server wait or grow its memory.
 MAX_PENDING_REPLY_BYTES = 64 * 1024
+
+# ERR lines answered for one chunk of input; past it errors are still counted but not answered.
+# A peer flooding unknown commands would otherwise make the server build a reply ~7x the size
+# of what it sent, only for the adapter to drop it past MAX_PENDING_REPLY_BYTES.
+MAX_ERROR_REPLIES_PER_RECEIVE = 100
 
 # Client names and state keys: 1 to 128 characters of `[A-Za-z0-9_.:@-]` (the original accepted
 # `\w+`, with no length limit).

@@ -18,7 +18,7 @@ from ._events import (
     Rejected,
     SetState,
 )
-from ._limits import MAX_LINE_BYTES
+from ._limits import MAX_ERROR_REPLIES_PER_RECEIVE, MAX_LINE_BYTES
 from ._registry import ClientHandle, Registry
 
 __all__ = ["Session"]
@@ -27,12 +27,13 @@ __all__ = ["Session"]
 class Session:
     """The server's side of one TCP connection, from first byte to close."""
 
-    __slots__ = ("_client", "_connection", "_registry", "closed")
+    __slots__ = ("_client", "_connection", "_error_replies", "_registry", "closed")
 
     def __init__(self, registry: Registry, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self._registry = registry
         self._connection = ServerConnection(max_line_bytes=max_line_bytes)
         self._client: ClientHandle | None = None
+        self._error_replies = 0  # ERR lines answered in the current receive_data call
         self.closed = False
 
     @property
@@ -45,7 +46,8 @@ class Session:
 
         ``b""`` means the peer closed (or the connection broke): an unfinished last line is
         applied and the client is disconnected. When ``closed`` is true afterwards, the caller
-        writes the reply and closes the connection; data after that is ignored.
+        writes the reply and closes the connection; data after that is ignored. At most
+        ``MAX_ERROR_REPLIES_PER_RECEIVE`` ERR lines are answered per call (all are counted).
         """
         if self.closed:
             return b""
@@ -54,6 +56,7 @@ class Session:
         registry.count_bytes(len(data))
         connection.receive_data(data)
         replies: list[bytes] = []
+        self._error_replies = 0
         while True:
             try:
                 event = connection.next_event()
@@ -96,7 +99,9 @@ class Session:
 
     def _refuse(self, code: ErrorCode, detail: str, replies: list[bytes]) -> None:
         self._registry.count_error(self._client, code)
-        replies.append(self._connection.send(ErrorReply(code, detail)))
+        if self._error_replies < MAX_ERROR_REPLIES_PER_RECEIVE or code.fatal:
+            self._error_replies += 1
+            replies.append(self._connection.send(ErrorReply(code, detail)))
 
     def _close(self, now: float) -> None:
         self.closed = True
