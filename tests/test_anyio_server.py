@@ -227,3 +227,20 @@ async def test_accepted_sockets_use_tcp_keepalive() -> None:
             client_port = stream.extra(anyio.abc.SocketAttribute.local_port)
             assert tcp_timer(server.port, client_port) == "02"  # the server's side
             assert tcp_timer(client_port, server.port) == "00"  # the client's: no keep-alive
+
+
+async def test_events_of_one_client_are_bounded_in_lines() -> None:
+    async with serving() as server, server.events(max_queue=10, client="b") as events:
+        async with (
+            await anyio.connect_tcp("127.0.0.1", server.port) as a,
+            await anyio.connect_tcp("127.0.0.1", server.port) as b,
+        ):
+            await exchange(a, b"IAM a\nLOG not for this stream\nPING\n", b"PONG\n")
+            run = b"".join(b"LOG %d\n" % index for index in range(30))
+            await exchange(b, b"IAM b\n" + run + b"PING\n", b"PONG\n")  # 30 lines: one event
+            await exchange(b, b"LOG kept 1\nLOG kept 2\nPING\n", b"PONG\n")
+            with anyio.fail_after(5):
+                ready, lagged, logged = [await anext(events) for _ in range(3)]
+    assert isinstance(ready, ClientReady) and ready.name == "b"
+    assert lagged == Lagged(30)  # the run of 30 outweighs the bound of 10: dropped, said so
+    assert isinstance(logged, Logged) and logged.messages == ("kept 1", "kept 2")

@@ -29,6 +29,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from logatron_core import (
     MAX_LINE_BYTES,
     MAX_PENDING_REPLY_BYTES,
+    Logged,
     Registry,
     RegistryEvent,
     Session,
@@ -59,42 +60,79 @@ ACCEPT_RETRY_SECONDS = 0.1
 
 @dataclass(frozen=True, slots=True)
 class Lagged:
-    """The consumer of :meth:`LogatronServer.events` fell behind: ``missed`` events were dropped
-    here, between the event before this notice and the one after it."""
+    """The consumer of an :class:`EventStream` fell behind: ``missed`` lines (and other events,
+    one each) were dropped here, between the event before this notice and the one after it."""
 
     missed: int
+
+
+def _weight(event: RegistryEvent) -> int:
+    """What an event costs in a queue: a run of lines weighs its length, anything else 1."""
+    return len(event.messages) if isinstance(event, Logged) else 1
 
 
 class EventStream:
     """Registry events through a bounded queue; an async iterator and an async context manager.
 
-    Subscribes at creation. The subscriber never waits: when ``max_queue`` events are queued,
-    later ones are dropped and the consumer then receives a :class:`Lagged` notice, in order,
-    before the events that were kept after the drop. ``aclose()`` (or leaving the ``async
-    with`` block) unsubscribes and ends the iteration.
+    Subscribes at creation, to every client or to ``client`` only. The subscriber never waits:
+    when ``max_queue`` lines are queued (a run of lines counts its length, other events one),
+    later events are dropped and the consumer then receives a :class:`Lagged` notice, in order,
+    before the events kept after the drop. One event larger than the bound is still queued
+    when the queue is empty, so memory stays within the bound plus one chunk's lines.
+    ``on_drop(count)``, if given, is called as lines are dropped (for metrics). ``aclose()``
+    (or leaving the ``async with`` block) unsubscribes and ends the iteration. Raises
+    ValueError for ``max_queue`` below 1.
     """
 
-    __slots__ = ("_closed", "_max_queue", "_missed", "_queue", "_unsubscribe", "_wakeup")
+    __slots__ = (
+        "_client",
+        "_closed",
+        "_max_queue",
+        "_missed",
+        "_on_drop",
+        "_queue",
+        "_queued",
+        "_unsubscribe",
+        "_wakeup",
+    )
 
-    def __init__(self, registry: Registry, max_queue: int = 1000) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        max_queue: int = 1000,
+        *,
+        client: str | None = None,
+        on_drop: Callable[[int], object] | None = None,
+    ) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, not {max_queue}")
         self._max_queue = max_queue
+        self._client = client
+        self._on_drop = on_drop
         self._queue: deque[RegistryEvent | Lagged] = deque()
+        self._queued = 0  # weight of what is queued
         self._missed = 0
         self._wakeup: anyio.Event | None = None
         self._closed = False
         self._unsubscribe = registry.subscribe(self._put)
 
     def _put(self, event: RegistryEvent) -> None:
-        queue = self._queue
-        if len(queue) >= self._max_queue:
-            self._missed += 1
+        if self._client is not None and event.name != self._client:
+            return
+        weight = _weight(event)
+        if self._queued and self._queued + weight > self._max_queue:
+            self._missed += weight
+            if self._on_drop is not None:
+                self._on_drop(weight)
             return
         if self._missed:
-            queue.append(Lagged(self._missed))
+            self._queue.append(Lagged(self._missed))
             self._missed = 0
-        queue.append(event)
+        self._queue.append(event)
+        self._queued += weight
+        self._wake()
+
+    def _wake(self) -> None:
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
@@ -105,28 +143,44 @@ class EventStream:
 
     async def __anext__(self) -> RegistryEvent | Lagged:
         """The next event (or Lagged notice); waits for one. Ends once closed."""
-        while True:
-            if self._closed:
-                raise StopAsyncIteration
-            if self._queue:
-                await anyio.lowlevel.checkpoint()
-                return self._queue.popleft()
-            if self._missed:
-                await anyio.lowlevel.checkpoint()
-                missed, self._missed = self._missed, 0
-                return Lagged(missed)
+        await self.wait()
+        if self._closed:
+            raise StopAsyncIteration
+        await anyio.lowlevel.checkpoint()
+        if not self._queue:
+            missed, self._missed = self._missed, 0
+            return Lagged(missed)
+        item = self._queue.popleft()
+        if not isinstance(item, Lagged):
+            self._queued -= _weight(item)
+        return item
+
+    async def wait(self) -> None:
+        """Return once an event or a Lagged notice is ready, or the stream is closed."""
+        while not (self._queue or self._missed or self._closed):
             wakeup = self._wakeup = anyio.Event()
             await wakeup.wait()
 
-    async def aclose(self) -> None:
+    def drain(self) -> list[RegistryEvent | Lagged]:
+        """Everything ready now, without waiting (a pending Lagged notice last)."""
+        items = list(self._queue)
+        self._queue.clear()
+        self._queued = 0
+        if self._missed:
+            items.append(Lagged(self._missed))
+            self._missed = 0
+        return items
+
+    def close(self) -> None:
         """Unsubscribe; iteration ends (queued events are discarded)."""
         self._closed = True
         self._unsubscribe()
         self._queue.clear()
-        wakeup = self._wakeup
-        if wakeup is not None:
-            self._wakeup = None
-            wakeup.set()
+        self._wake()
+
+    async def aclose(self) -> None:
+        """Unsubscribe; iteration ends (queued events are discarded)."""
+        self.close()
         await anyio.lowlevel.checkpoint()
 
     async def __aenter__(self) -> EventStream:
@@ -228,13 +282,14 @@ class LogatronServer:
         self.replies_dropped = 0  # reply lines (PONG, ERR) dropped for peers that do not read
         self.connections = 0  # open right now
 
-    def events(self, max_queue: int = 1000) -> EventStream:
-        """Registry events from now on, through a queue of ``max_queue`` (see EventStream).
+    def events(self, max_queue: int = 1000, *, client: str | None = None) -> EventStream:
+        """Registry events from now on (of every client, or ``client``'s), through a queue of
+        ``max_queue`` lines (see EventStream).
 
         Use as ``async with server.events() as events: async for event in events: ...``.
         Raises ValueError for ``max_queue`` below 1.
         """
-        return EventStream(self.registry, max_queue)
+        return EventStream(self.registry, max_queue, client=client)
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED

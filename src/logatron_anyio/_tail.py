@@ -5,16 +5,15 @@ the tail subscribes to the registry and takes its backlog snapshot in one synchr
 so every line is either in the snapshot (``seq`` at most the snapshot's newest) or delivered
 live afterwards, never both and never neither.
 
-Ingest never waits for a tail: the registry subscriber only appends the event to a queue
-bounded in *lines*; past the bound, lines are dropped and counted, and the reader gets one
-``{"type": "lagged", "missed": N}`` in their place. A separate task turns queued events into
-JSON and WebSocket frames and writes them; another reads the peer's frames (pongs, close).
+Ingest never waits for a tail: its subscriber is an :class:`EventStream`, a queue bounded in
+*lines*; past the bound, lines are dropped and counted, and the reader gets one
+``{"type": "lagged", "missed": N}`` in their place. One task turns queued events into JSON and
+WebSocket frames and writes them; another reads the peer's frames (pongs, close).
 """
 
 from __future__ import annotations
 
 import json
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -30,15 +29,15 @@ from wsproto.events import (
     TextMessage,
 )
 
-from logatron_core import Logged, Registry, RegistryEvent
+from logatron_core import Registry
 
 from ._api import entry_json, event_json
+from ._server import EventStream, Lagged
 
 __all__ = [
     "DEFAULT_TAIL_QUEUE_LINES",
     "PING_INTERVAL_SECONDS",
     "TailOptions",
-    "TailQueue",
     "run_tail",
 ]
 
@@ -76,58 +75,8 @@ class TailOptions:
         self.lagged_total = 0  # lines dropped across every tail, for /metrics
         self.subscribers = 0  # open tails
 
-
-class TailQueue:
-    """The registry subscriber of one tail: events for ``client`` (or all), bounded in lines."""
-
-    __slots__ = ("_client", "_options", "_wakeup", "items", "missed", "queued")
-
-    def __init__(self, client: str | None, options: TailOptions) -> None:
-        self._client = client
-        self._options = options
-        self.items: deque[RegistryEvent | int] = deque()  # an int: that many lines lagged
-        self.queued = 0
-        self.missed = 0
-        self._wakeup: anyio.Event | None = None
-
-    def __call__(self, event: RegistryEvent) -> None:
-        if self._client is not None and event.name != self._client:
-            return
-        weight = len(event.messages) if isinstance(event, Logged) else 1
-        if self.queued and self.queued + weight > self._options.max_queue_lines:
-            self.missed += weight
-            self._options.lagged_total += weight
-            return
-        if self.missed:
-            self.items.append(self.missed)
-            self.missed = 0
-        self.items.append(event)
-        self.queued += weight
-        if self._wakeup is not None:
-            self._wakeup.set()
-            self._wakeup = None
-
-    async def wait(self) -> None:
-        """Return once something is queued (or a lag is pending)."""
-        while not self.items and not self.missed:
-            self._wakeup = anyio.Event()
-            await self._wakeup.wait()
-
-    def take(self) -> list[dict[str, Any]]:
-        """Everything queued, as tail messages (a pending lag notice included)."""
-        messages: list[dict[str, Any]] = []
-        items = self.items
-        while items:
-            item = items.popleft()
-            if isinstance(item, int):
-                messages.append({"type": "lagged", "missed": item})
-            else:
-                messages.extend(event_json(item))
-        if self.missed:
-            messages.append({"type": "lagged", "missed": self.missed})
-            self.missed = 0
-        self.queued = 0
-        return messages
+    def count_dropped(self, lines: int) -> None:
+        self.lagged_total += lines
 
 
 def _frame(ws: WSConnection, message: dict[str, Any]) -> bytes:
@@ -167,10 +116,16 @@ class _Tail:
         if batch:
             await self.send(b"".join(batch))
 
-    async def write_live(self, queue: TailQueue) -> None:
+    async def write_live(self, events: EventStream) -> None:
         while True:
-            await queue.wait()
-            await self.send_messages(queue.take())
+            await events.wait()
+            messages: list[dict[str, Any]] = []
+            for item in events.drain():
+                if isinstance(item, Lagged):
+                    messages.append({"type": "lagged", "missed": item.missed})
+                else:
+                    messages.extend(event_json(item))
+            await self.send_messages(messages)
 
     async def read(self, done: Callable[[tuple[int, str]], None]) -> None:
         while True:
@@ -234,8 +189,9 @@ async def run_tail(
     close frame with a code and a reason when the connection still allows it.
     """
     tail = _Tail(stream, ws, options)
-    queue = TailQueue(client, options)
-    unsubscribe = registry.subscribe(queue)
+    events = EventStream(
+        registry, options.max_queue_lines, client=client, on_drop=options.count_dropped
+    )
     options.subscribers += 1
     try:
         # Snapshot right after subscribing, with no await in between: the seam is exact.
@@ -257,10 +213,10 @@ async def run_tail(
             tg.start_soon(tail.ping, done)
             try:
                 await tail.send_messages(first)
-                await tail.write_live(queue)
+                await tail.write_live(events)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 done((1006, "connection lost"))
     finally:
-        unsubscribe()
+        events.close()
         options.subscribers -= 1
         await tail.say_goodbye()
