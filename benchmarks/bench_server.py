@@ -94,7 +94,18 @@ def server_command(server: str, profile_to: str | None) -> list[str]:
         python += ["-m", "cProfile", "-o", profile_to]
     if server == "sync":
         return [*python, "-m", "logatron_sync", "--port", "0"]
-    return [*python, "-m", "logatron_anyio", "serve", "--port", "0", "--backend", server]
+    # TCP only: this measures ingest, and a fixed HTTP port could clash between runs.
+    return [
+        *python,
+        "-m",
+        "logatron_anyio",
+        "serve",
+        "--port",
+        "0",
+        "--no-http",
+        "--backend",
+        server,
+    ]
 
 
 def run_once(server: str, lines: int, profile_to: str | None = None) -> float:
