@@ -1,5 +1,7 @@
-"""The ``logatron`` command: ``serve`` as a real subprocess on both backends, ``send`` against
-a server run in this process, flags, environment variables and errors."""
+"""The ``logatron`` command: ``serve`` (TCP and HTTP) as a real subprocess on both backends,
+``send`` against a server run in this process, flags, environment variables and errors.
+
+The consumer commands (clients, state, recent, tail) are in test_cli_consumer.py."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import anyio.from_thread
 import pytest
@@ -26,14 +28,51 @@ from logatron_core import Registry
 
 TIMEOUT = 10.0
 STARTUP_RE = re.compile(r"^logatron: listening for clients on (.+):(\d+)$")
+HTTP_RE = re.compile(r"^logatron: HTTP and status page on http://(.+):(\d+)/$")
 COMMAND = [sys.executable, "-m", "logatron_anyio"]
 
 
+class Lines:
+    """The lines of a subprocess's pipe, each waited for at most ``timeout`` seconds."""
+
+    def __init__(self, pipe: IO[bytes] | None) -> None:
+        assert pipe is not None
+        self.fd = pipe.fileno()
+        self.buffer = b""
+
+    def next(self, timeout: float = TIMEOUT) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            remaining = max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            assert ready, f"no line within {timeout} s; so far {self.buffer!r}"
+            chunk = os.read(self.fd, 65536)
+            assert chunk, f"the output ended; so far {self.buffer!r}"
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode()
+
+    def rest(self) -> str:
+        """Everything until the pipe ends (call once the process has exited)."""
+        data = self.buffer
+        while chunk := os.read(self.fd, 65536):
+            data += chunk
+        self.buffer = b""
+        return data.decode()
+
+
 class Served:
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], port: int, http_port: int | None, log: Path
+    ) -> None:
         self.process = process
         self.port = port
+        self.http_port = http_port
         self.log = log
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     def stop(self, signum: int = signal.SIGTERM) -> int:
         self.process.send_signal(signum)
@@ -45,7 +84,9 @@ class Served:
 
 @contextlib.contextmanager
 def serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
-    """``logatron serve ARGS`` in a subprocess; its startup line parsed; killed if left over."""
+    """``logatron serve ARGS`` in a subprocess; its startup lines parsed (the second, the HTTP
+    one, unless ``--no-http``); killed if left over. Pass ``--http-port 0`` or ``--no-http``:
+    the default port may be taken."""
     log = tmp_path / "server.log"
     with (
         log.open("wb") as stderr,
@@ -57,13 +98,18 @@ def serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Iter
         ) as process,
     ):
         try:
-            assert process.stdout is not None
-            ready, _, _ = select.select([process.stdout], [], [], TIMEOUT)
-            assert ready, "no startup line"
-            line = process.stdout.readline().decode().rstrip("\n")
+            lines = Lines(process.stdout)
+            line = lines.next()
             match = STARTUP_RE.match(line)
             assert match, f"unexpected startup line {line!r}; log: {log.read_text()}"
-            yield Served(process, int(match[2]), log)
+            http_port = None
+            if "--no-http" not in args:
+                line = lines.next()
+                http_match = HTTP_RE.match(line)
+                assert http_match, f"unexpected second line {line!r}; log: {log.read_text()}"
+                assert http_match[1] == match[1]
+                http_port = int(http_match[2])
+            yield Served(process, int(match[2]), http_port, log)
         finally:
             if process.poll() is None:
                 process.kill()
@@ -83,7 +129,8 @@ def talk(port: int, data: bytes, until: bytes = b"PONG\n") -> bytes:
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_serve_then_sigterm_exits_0(tmp_path: Path, backend: str) -> None:
-    with serve(tmp_path, "--port", "0", "--backend", backend, "--log-format", "json") as served:
+    args = ("--port", "0", "--http-port", "0", "--backend", backend, "--log-format", "json")
+    with serve(tmp_path, *args) as served:
         assert talk(served.port, b"IAM bob\nLOG hello\nPING\n") == b"PONG\n"
         assert served.stop() == 0
     events = [str(record.get("event")) for record in served.records()]
@@ -97,7 +144,7 @@ def test_serve_then_sigterm_exits_0(tmp_path: Path, backend: str) -> None:
 
 def test_serve_ctrl_c_exits_0_and_closes_clients(tmp_path: Path) -> None:
     with (
-        serve(tmp_path, "--port", "0", "--log-format", "json") as served,
+        serve(tmp_path, "--port", "0", "--no-http", "--log-format", "json") as served,
         socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT) as sock,
     ):
         sock.sendall(b"IAM stays\nPING\n")
@@ -114,7 +161,7 @@ def test_environment_variables_and_flags(tmp_path: Path) -> None:
         "LOGATRON_LOG_FORMAT": "json",
         "LOGATRON_MAX_LINE_BYTES": "16",
         "LOGATRON_MAX_STATE_KEYS": "1",
-        "LOGATRON_TOKEN": "secret",  # accepted and ignored for now
+        "LOGATRON_TOKEN": "secret",  # never logged
     }
     with serve(tmp_path, "--port", "0", "--no-http", env=env) as served:
         got = talk(served.port, b"IAM bob\nLOG 0123456789abcdef\nSET a 1\nSET b 2\nPING\n")
@@ -128,7 +175,7 @@ def test_environment_variables_and_flags(tmp_path: Path) -> None:
 
 
 def test_text_log_format(tmp_path: Path) -> None:
-    with serve(tmp_path, "--port", "0") as served:
+    with serve(tmp_path, "--port", "0", "--http-port", "0") as served:
         talk(served.port, b"IAM bob\nFOO\nPING\n")
         assert served.stop() == 0
     text = served.log.read_text()
@@ -140,7 +187,9 @@ def test_serve_on_a_busy_port_exits_1(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
         result = subprocess.run(
-            [*COMMAND, "serve", "--port", str(port)], capture_output=True, timeout=TIMEOUT
+            [*COMMAND, "serve", "--port", str(port), "--no-http"],
+            capture_output=True,
+            timeout=TIMEOUT,
         )
     assert result.returncode == 1
     assert result.stdout == b""
@@ -177,15 +226,101 @@ def test_bad_environment_value_exits_2(
     assert "LOGATRON_PORT" in capsys.readouterr().err
 
 
-def test_help_says_http_is_not_implemented_yet(capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_help_lists_flags_and_variables(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for flag in ("--http-port", "--no-http", "--token"):
         assert flag in text
-    assert text.count("(HTTP interface: not yet implemented, accepted and ignored)") == 3
-    for variable in ("LOGATRON_HOST", "LOGATRON_PORT", "LOGATRON_BACKEND", "LOGATRON_TOKEN"):
+    assert "not yet implemented" not in text
+    for variable in (
+        "LOGATRON_HOST",
+        "LOGATRON_PORT",
+        "LOGATRON_HTTP_PORT",
+        "LOGATRON_NO_HTTP",
+        "LOGATRON_BACKEND",
+        "LOGATRON_TOKEN",
+    ):
         assert variable in text
+
+
+# -- serve: the HTTP interface -------------------------------------------------------------------
+
+
+def http_get(port: int, path: str, token: str | None = None) -> tuple[int, bytes]:
+    """One GET over a raw socket: (status, body)."""
+    auth = f"Authorization: Bearer {token}\r\n" if token is not None else ""
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    data = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(request.encode())
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_serve_http_with_token_and_a_tail_open_at_sigterm(tmp_path: Path) -> None:
+    args = ("--port", "0", "--http-port", "0", "--log-format", "json")
+    with (
+        serve(tmp_path, *args, env={"LOGATRON_TOKEN": "s3cret"}) as served,
+        socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT) as client,
+    ):
+        assert served.http_port is not None
+        client.sendall(b"IAM bob\nLOG hello\nPING\n")
+        assert client.recv(100) == b"PONG\n"
+        assert http_get(served.http_port, "/healthz") == (200, b'{"status":"ok"}')
+        assert http_get(served.http_port, "/api/clients")[0] == 401
+        assert http_get(served.http_port, "/api/clients", "wrong")[0] == 401
+        status, body = http_get(served.http_port, "/api/clients/bob/log", "s3cret")
+        assert status == 200
+        assert [entry["message"] for entry in json.loads(body)["entries"]] == ["hello"]
+        status, body = http_get(served.http_port, "/metrics", "s3cret")
+        assert status == 200 and b"logatron_connections 1\n" in body
+        # A consumer command end to end, and a tail open while the server stops.
+        tail_env = {**os.environ, "LOGATRON_TOKEN": "s3cret"}
+        with subprocess.Popen(
+            [*COMMAND, "tail", "--json", "--url", served.url],
+            stdout=subprocess.PIPE,
+            env=tail_env,
+        ) as tail:
+            try:
+                lines = Lines(tail.stdout)
+                assert json.loads(lines.next())["message"] == "hello"
+                assert json.loads(lines.next())["type"] == "current"
+                assert served.stop() == 0
+            finally:
+                tail.send_signal(signal.SIGTERM)
+                assert tail.wait(TIMEOUT) == 0
+    assert "s3cret" not in served.log.read_text()
+
+
+def test_no_http_does_not_listen(tmp_path: Path) -> None:
+    # A socket bound (not listening) on the port: serve could not bind it, and connecting to
+    # it is refused, so the server starting and the refusal both show it never tried.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        with serve(tmp_path, "--port", "0", "--http-port", str(port), "--no-http") as served:
+            assert talk(served.port, b"IAM bob\nPING\n") == b"PONG\n"
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
+            assert served.stop() == 0
+            assert Lines(served.process.stdout).rest() == ""
+
+
+def test_serve_on_a_busy_http_port_exits_1(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [*COMMAND, "serve", "--port", "0", "--http-port", str(port)],
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
+    assert result.returncode == 1
+    assert result.stdout == b""
+    last = result.stderr.decode().splitlines()[-1]
+    assert last.startswith(f"logatron: cannot listen for HTTP on 127.0.0.1:{port}: ")
 
 
 # -- send ----------------------------------------------------------------------------------------

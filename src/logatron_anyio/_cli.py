@@ -1,6 +1,9 @@
-"""The ``logatron`` command: ``logatron serve`` and ``logatron send``.
+"""The ``logatron`` command: ``serve`` (TCP and HTTP), ``send``, and the consumers over HTTP
+and WebSocket: ``clients``, ``state``, ``recent`` and ``tail``.
 
-Every setting of ``serve`` is a flag and a ``LOGATRON_*`` environment variable; the flag wins.
+Every setting is a flag and a ``LOGATRON_*`` environment variable; the flag wins. The consumers
+print aligned columns with local times by default and one JSON object per line with ``--json``;
+an error is one ``logatron: ...`` line on stderr and exit status 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, TextIO
+from datetime import datetime
+from typing import Any, BinaryIO, TextIO, TypeVar
 
 import anyio
 import anyio.abc
@@ -25,17 +30,33 @@ from logatron_core import (
     DEFAULT_MAX_STATE_KEYS,
     DEFAULT_RETENTION_SECONDS,
     MAX_LINE_BYTES,
+    ClientClosed,
+    ClientReady,
     LogatronError,
+    LogEntry,
     Registry,
+    StateSet,
     is_valid_name,
 )
 
+from ._api import client_json, entry_json, event_json
 from ._client import ServerRefused, connect
-from ._server import LogatronServer
+from ._consumer import (
+    Consumer,
+    ConsumerError,
+    Current,
+    Gap,
+    NotFound,
+    TailEvent,
+    Unauthorized,
+    Unreachable,
+    sort_entries,
+)
+from ._http import HttpServer
+from ._server import Lagged, LogatronServer
 
 __all__ = ["main"]
 
-_NOT_YET = "(HTTP interface: not yet implemented, accepted and ignored)"
 # Lines of stdin sent per write by `logatron send`.
 _SEND_BATCH_BYTES = 64 * 1024
 
@@ -113,9 +134,21 @@ _SERVE_SETTINGS = (
         "text",
         "the server's own log on stderr: text, or json (one object per line)",
     ),
-    _Setting("--http-port", "LOGATRON_HTTP_PORT", _port, 2213, f"HTTP port {_NOT_YET}"),
-    _Setting("--no-http", "LOGATRON_NO_HTTP", _flag, False, f"no HTTP interface {_NOT_YET}"),
-    _Setting("--token", "LOGATRON_TOKEN", str, None, f"bearer token for HTTP {_NOT_YET}"),
+    _Setting(
+        "--http-port",
+        "LOGATRON_HTTP_PORT",
+        _port,
+        2213,
+        "port of the HTTP API, WebSocket tail and status page (0: any free port)",
+    ),
+    _Setting("--no-http", "LOGATRON_NO_HTTP", _flag, False, "no HTTP interface, TCP only"),
+    _Setting(
+        "--token",
+        "LOGATRON_TOKEN",
+        str,
+        None,
+        "bearer token every HTTP route but /healthz then requires",
+    ),
 )
 
 
@@ -155,6 +188,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="set a state key first (repeatable)",
     )
+    _add_consumer_commands(commands)
     return parser
 
 
@@ -182,7 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = dict(os.environ)
     if args.command == "serve":
         return _serve(parser, args, env)
-    return _send(parser, args, env)
+    if args.command == "send":
+        return _send(parser, args, env)
+    return _consume(parser, args, env)
 
 
 # -- serve ---------------------------------------------------------------------------------------
@@ -254,17 +290,24 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[
         ", ".join(f"{key}={value}" for key, value in settings.items()),
         extra={"event": "starting", **settings},
     )
-    try:
-        anyio.run(_serve_until_signal, server, backend=values["backend"])
-    except (OSError, ExceptionGroup) as raised:
-        os_error = _os_error(raised)
-        if os_error is None:
-            raise
-        print(
-            f"logatron: cannot listen on {values['host']}:{values['port']}: {os_error}",
-            file=sys.stderr,
-            flush=True,
+    http = (
+        None
+        if values["no_http"]
+        else HttpServer(
+            registry,
+            values["host"],
+            values["http_port"],
+            token=values["token"],
+            connection_stats=lambda: (server.connections, server.replies_dropped),
         )
+    )
+    try:
+        anyio.run(_serve_until_signal, server, http, backend=values["backend"])
+    except (_CannotListen, ExceptionGroup) as raised:
+        cannot = _only(raised, _CannotListen)
+        if cannot is None:
+            raise
+        print(f"logatron: {cannot}", file=sys.stderr, flush=True)
         return 1
     finally:
         logging.getLogger("logatron").removeHandler(handler)
@@ -272,23 +315,55 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[
     return 0
 
 
-def _os_error(raised: BaseException) -> OSError | None:
-    """The OSError that ``raised`` is, or is a group of only (the first one); else None."""
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _only(raised: BaseException, kind: type[_E]) -> _E | None:
+    """The ``kind`` exception that ``raised`` is, or is a group of only (the first); else None."""
     while isinstance(raised, BaseExceptionGroup):
-        matched, rest = raised.split(OSError)
+        matched, rest = raised.split(kind)
         if matched is None or rest is not None:
             return None
         raised = matched.exceptions[0]
-    return raised if isinstance(raised, OSError) else None
+    return raised if isinstance(raised, kind) else None
 
 
-async def _serve_until_signal(server: LogatronServer) -> None:
-    # The signal receiver is open before the startup line: a SIGTERM sent as soon as the line
-    # is read stops the server cleanly.
+class _CannotListen(Exception):
+    """A server of ``logatron serve`` could not listen: the one line to print."""
+
+
+async def _listen(
+    tg: anyio.abc.TaskGroup,
+    serve: Callable[..., Coroutine[Any, Any, None]],
+    what: str,
+    address: tuple[str, int],
+) -> tuple[str, int]:
+    """Start ``serve`` in ``tg``; its bound address. Raises _CannotListen if it cannot listen."""
+    try:
+        bound: tuple[str, int] = await tg.start(serve)
+    except (OSError, ExceptionGroup) as raised:
+        error = _only(raised, OSError)
+        if error is None:
+            raise
+        raise _CannotListen(f"cannot listen {what}on {_format_address(address)}: {error}") from None
+    return bound
+
+
+async def _serve_until_signal(server: LogatronServer, http: HttpServer | None) -> None:
+    # The signal receiver is open before the startup lines: a SIGTERM sent as soon as they
+    # are read stops the server cleanly. Both servers listen before either line is printed.
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with anyio.create_task_group() as tg:
-            address = await tg.start(server.serve)
+            address = await _listen(tg, server.serve, "", (server.host, server.port))
+            http_address = None
+            if http is not None:
+                http_address = await _listen(tg, http.serve, "for HTTP ", (http.host, http.port))
             print(f"logatron: listening for clients on {_format_address(address)}", flush=True)
+            if http_address is not None:
+                print(
+                    f"logatron: HTTP and status page on http://{_format_address(http_address)}/",
+                    flush=True,
+                )
             async for signum in signals:
                 logging.getLogger("logatron.server").info(
                     "stopping on %s",
@@ -356,3 +431,372 @@ def _read_some(stdin: BinaryIO) -> bytes:
         data: bytes = read1(_SEND_BATCH_BYTES)
         return data
     return stdin.read(_SEND_BATCH_BYTES)
+
+
+# -- the consumer commands: clients, state, recent, tail -----------------------------------------
+
+_URL = _Setting("--url", "LOGATRON_URL", str, "http://127.0.0.1:2213", "the server's HTTP address")
+_TOKEN = _Setting("--token", "LOGATRON_TOKEN", str, None, "bearer token")
+_BACKEND = next(setting for setting in _SERVE_SETTINGS if setting.flag == "--backend")
+
+# Control characters (and the line and paragraph separators) in human output are shown escaped:
+# a log line cannot move the cursor, recolour the terminal or fake a line of its own.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_STATE_SUMMARY_CHARS = 60
+_DIM, _NORMAL = "\x1b[2m", "\x1b[0m"
+
+
+def _printable(text: str) -> str:
+    return _CONTROL.sub(
+        lambda match: (
+            f"\\x{ord(match[0]):02x}" if ord(match[0]) < 256 else f"\\u{ord(match[0]):04x}"
+        ),
+        text,
+    )
+
+
+def _local_time(timestamp: float | None) -> str:
+    """``2026-11-21 08:45:03.123`` in local time; ``-`` for None."""
+    if timestamp is None:
+        return "-"
+    try:
+        moment = datetime.fromtimestamp(timestamp)
+    except (OverflowError, OSError, ValueError):
+        return str(timestamp)
+    return f"{moment:%Y-%m-%d %H:%M:%S}.{moment.microsecond // 1000:03d}"
+
+
+def _table(rows: Sequence[tuple[str, ...]], right: frozenset[int] = frozenset()) -> list[str]:
+    """Rows as aligned columns two spaces apart; columns in ``right`` aligned right."""
+    if not rows:
+        return []
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(width) if column in right else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def _state_summary(state: dict[str, str]) -> str:
+    parts = []
+    for key, value in state.items():
+        shown = json.dumps(value, ensure_ascii=False) if not value or " " in value else value
+        parts.append(f"{key}={shown}")
+    text = _printable(" ".join(parts))
+    if len(text) > _STATE_SUMMARY_CHARS:
+        text = text[: _STATE_SUMMARY_CHARS - 1] + "…"
+    return text
+
+
+def _entry_line(entry: LogEntry, client_width: int, seq_width: int) -> str:
+    message = _printable(entry.message) + (" [truncated]" if entry.truncated else "")
+    return (
+        f"{_local_time(entry.timestamp)}  {entry.client:<{client_width}}  "
+        f"{'#' + str(entry.seq):>{seq_width}}  {message}"
+    ).rstrip()
+
+
+def _json_line(payload: Any) -> str:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+class _Output:
+    """Lines to stdout (and notices to stderr), each flushed at once: usable behind ``| grep``."""
+
+    def __init__(self, stdout: TextIO, stderr: TextIO) -> None:
+        self.stdout = stdout
+        self.stderr = stderr
+        self.tty = stdout.isatty()
+
+    def line(self, text: str) -> None:
+        self.stdout.write(text + "\n")
+        self.stdout.flush()
+
+    def lines(self, texts: Sequence[str]) -> None:
+        if texts:
+            self.stdout.write("".join(text + "\n" for text in texts))
+            self.stdout.flush()
+
+    def notice(self, text: str) -> None:
+        self.stderr.write(text + "\n")
+        self.stderr.flush()
+
+
+class _TailPrinter:
+    """Human lines for tail events; the client and seq columns widen as needed."""
+
+    def __init__(self, output: _Output) -> None:
+        self.output = output
+        self.client_width = 8
+        self.seq_width = 6
+
+    def event(self, event: TailEvent) -> None:
+        if isinstance(event, LogEntry):
+            self._widen(event.client, len(str(event.seq)) + 1)
+            self.output.line(_entry_line(event, self.client_width, self.seq_width))
+        elif isinstance(event, StateSet):
+            self._line(event.name, event.timestamp, f"* set {event.key}={event.value}")
+        elif isinstance(event, ClientReady):
+            self._line(event.name, event.timestamp, "* connected")
+        elif isinstance(event, ClientClosed):
+            self._line(event.name, event.timestamp, "* disconnected")
+        elif isinstance(event, Gap):
+            self.output.notice(f"-- {event.missed} lines missed (evicted) --")
+        elif isinstance(event, Lagged):
+            self.output.notice(f"-- {event.missed} lines missed (this tail fell behind) --")
+        elif self.output.tty:  # Current: only a dim separator, only on a terminal
+            self.output.line(f"{_DIM}-- live --{_NORMAL}")
+
+    def _widen(self, client: str, seq_chars: int) -> None:
+        self.client_width = max(self.client_width, len(client))
+        self.seq_width = max(self.seq_width, seq_chars)
+
+    def _line(self, client: str, timestamp: float, text: str) -> None:
+        self._widen(client, 0)
+        self.output.line(
+            f"{_local_time(timestamp)}  {client:<{self.client_width}}  "
+            f"{'':>{self.seq_width}}  {_printable(text)}"
+        )
+
+
+def _event_json(event: TailEvent) -> dict[str, Any]:
+    """The API's JSON shape of one tail message."""
+    if isinstance(event, LogEntry):
+        return {"type": "log", **entry_json(event)}
+    if isinstance(event, Current):
+        return {"type": "current", "last_seq": event.last_seq}
+    if isinstance(event, Gap):
+        return {"type": "gap", "missed": event.missed}
+    if isinstance(event, Lagged):
+        return {"type": "lagged", "missed": event.missed}
+    return event_json(event)[0]
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be 1 or more")
+    return value
+
+
+def _add_consumer_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    for setting in (_URL, _TOKEN, _BACKEND):
+        common.add_argument(
+            setting.flag,
+            metavar=setting.flag[2:].upper(),
+            help=f"{setting.help} [env {setting.env}, default {setting.default}]",
+        )
+    common.add_argument(
+        "--json", action="store_true", help="one JSON object per line, in the API's shapes"
+    )
+
+    commands.add_parser(
+        "clients",
+        parents=[common],
+        help="list the clients (connected and retained)",
+        description="List every client: name, status, lines received, when it connected, "
+        "and a summary of its state.",
+    )
+    state = commands.add_parser(
+        "state",
+        parents=[common],
+        help="show one client's state",
+        description="Show one client's state as aligned KEY VALUE lines.",
+    )
+    state.add_argument("name", metavar="NAME", help="the client name")
+    recent = commands.add_parser(
+        "recent",
+        parents=[common],
+        help="print the buffered log lines of every client or one",
+        description="Print the buffered log lines (all clients, or NAME) as "
+        "TIME CLIENT #SEQ MESSAGE, ordered by seq.",
+    )
+    recent.add_argument("name", metavar="NAME", nargs="?", help="only this client")
+    recent.add_argument(
+        "--since", type=_non_negative, default=0, metavar="SEQ", help="only lines after SEQ"
+    )
+    recent.add_argument(
+        "--limit", type=_positive, metavar="N", help="at most N lines (the oldest after SEQ)"
+    )
+    recent.add_argument(
+        "--sort",
+        choices=("seq", "time"),
+        default="seq",
+        help="order by seq (default) or by timestamp, then seq",
+    )
+    tail = commands.add_parser(
+        "tail",
+        parents=[common],
+        help="follow the log live",
+        description="Print the buffered lines (after --since), then live lines and client "
+        "events as they happen, until Ctrl-C or SIGTERM. Reconnects by itself; notices of "
+        "missed lines go to stderr as '-- N lines missed (...) --'.",
+    )
+    tail.add_argument("name", metavar="NAME", nargs="?", help="only this client")
+    tail.add_argument(
+        "--since",
+        type=_non_negative,
+        metavar="SEQ",
+        help="only lines after SEQ (default: every buffered line)",
+    )
+
+
+def _consume(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[str, str]) -> int:
+    url = _resolve(parser, _URL, args.url, env)
+    token = _resolve(parser, _TOKEN, args.token, env)
+    backend = _resolve(parser, _BACKEND, args.backend, env)
+    name: str | None = getattr(args, "name", None)
+    if name is not None and not is_valid_name(name):
+        parser.error(f"invalid client name {name!r} (1-128 of A-Z a-z 0-9 _ - . : @)")
+    try:
+        consumer = Consumer(url, token=token or "")
+    except ValueError as error:
+        parser.error(f"--url: {error}")
+    output = _Output(sys.stdout, sys.stderr)
+    command = _COMMANDS[args.command]
+    try:
+        signum = anyio.run(_until_signal, command, consumer, args, output, backend=backend)
+    except (ConsumerError, BrokenPipeError, ExceptionGroup) as raised:
+        if _only(raised, BrokenPipeError) is not None:
+            # The reader went away (`| head`): nothing more to say, and nothing to flush.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        failure = _only(raised, ConsumerError)
+        if failure is None:
+            raise
+        print(f"logatron: {_explain(failure, url, name)}", file=sys.stderr, flush=True)
+        return 1
+    if signum is not None and args.command != "tail":
+        return 128 + signum  # a one-shot command cut short
+    return 0
+
+
+def _explain(error: ConsumerError, url: str, name: str | None) -> str:
+    if isinstance(error, Unauthorized):
+        return "unauthorized: check --token or LOGATRON_TOKEN"
+    if isinstance(error, NotFound):
+        return f"no such client: {name}" if name is not None else f"not found at {url}: {error}"
+    if isinstance(error, Unreachable):
+        return f"cannot reach {url}: {_reason(error)}"
+    return f"bad response from {url}: {error}"
+
+
+def _reason(error: BaseException) -> str:
+    """Why a connection failed, in a few words: the innermost OSError's, else the message."""
+    reason = str(error).rpartition(": ")[2] or str(error)
+    seen: set[int] = set()
+    cause: BaseException | None = error.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno is not None:
+            text = os.strerror(cause.errno) if cause.errno > 0 else (cause.strerror or "")
+            if text:
+                reason = text[0].lower() + text[1:]
+        cause = cause.__cause__ or cause.__context__
+    return reason
+
+
+async def _until_signal(
+    command: Callable[[Consumer, argparse.Namespace, _Output], Awaitable[None]],
+    consumer: Consumer,
+    args: argparse.Namespace,
+    output: _Output,
+) -> int | None:
+    """Run ``command`` until it ends or Ctrl-C/SIGTERM; the signal's number, or None."""
+    stopped_by: int | None = None
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                await command(consumer, args, output)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(run)
+            async for signum in signals:
+                stopped_by = signum
+                tg.cancel_scope.cancel()
+                break
+    return stopped_by
+
+
+async def _clients(consumer: Consumer, args: argparse.Namespace, output: _Output) -> None:
+    clients = await consumer.clients()
+    if args.json:
+        output.lines([_json_line(client_json(info)) for info in clients.values()])
+        return
+    rows = [("NAME", "STATUS", "LINES", "CONNECTED AT", "STATE")]
+    for name in sorted(clients):
+        info = clients[name]
+        rows.append(
+            (
+                name,
+                "connected" if info.connected else "retained",
+                str(info.lines_received),
+                _local_time(info.connected_at),
+                _state_summary(info.state),
+            )
+        )
+    output.lines(_table(rows, right=frozenset({2})))
+
+
+async def _state(consumer: Consumer, args: argparse.Namespace, output: _Output) -> None:
+    state = await consumer.state(args.name)
+    if args.json:
+        output.line(_json_line({"client": args.name, "state": state}))
+        return
+    output.lines(_table([(key, _printable(value)) for key, value in state.items()]))
+
+
+async def _recent(consumer: Consumer, args: argparse.Namespace, output: _Output) -> None:
+    entries = await consumer.recent(args.name, since=args.since, limit=args.limit)
+    if args.sort == "time":
+        entries = sort_entries(entries)
+    if args.json:
+        output.lines([_json_line(entry_json(entry)) for entry in entries])
+        return
+    client_width = max((len(entry.client) for entry in entries), default=0)
+    seq_width = max((len(str(entry.seq)) + 1 for entry in entries), default=0)
+    output.lines([_entry_line(entry, client_width, seq_width) for entry in entries])
+
+
+async def _tail(consumer: Consumer, args: argparse.Namespace, output: _Output) -> None:
+    # One request first: an unreachable server or a wrong token ends the command at once,
+    # while a connection lost later is retried for as long as it takes.
+    await consumer.clients()
+    connects = 0
+
+    def on_connect() -> None:
+        nonlocal connects
+        connects += 1
+        if connects > 1:
+            output.notice("-- reconnected --")
+
+    printer = _TailPrinter(output)
+    async with consumer.tail(args.name, since=args.since, on_connect=on_connect) as events:
+        async for event in events:
+            if args.json:
+                output.line(_json_line(_event_json(event)))
+            else:
+                printer.event(event)
+
+
+_COMMANDS: dict[str, Callable[[Consumer, argparse.Namespace, _Output], Awaitable[None]]] = {
+    "clients": _clients,
+    "state": _state,
+    "recent": _recent,
+    "tail": _tail,
+}
