@@ -161,12 +161,21 @@ class EventStream:
             wakeup = self._wakeup = anyio.Event()
             await wakeup.wait()
 
-    def drain(self) -> list[RegistryEvent | Lagged]:
-        """Everything ready now, without waiting (a pending Lagged notice last)."""
-        items = list(self._queue)
-        self._queue.clear()
-        self._queued = 0
-        if self._missed:
+    def drain(self, max_lines: int | None = None) -> list[RegistryEvent | Lagged]:
+        """What is ready now, without waiting: every queued event, or events until they hold
+        ``max_lines`` lines (at least one event). A pending Lagged notice comes last, once the
+        queue is empty."""
+        items: list[RegistryEvent | Lagged] = []
+        queue = self._queue
+        taken = 0
+        while queue and (max_lines is None or taken < max_lines):
+            item = queue.popleft()
+            if not isinstance(item, Lagged):
+                weight = _weight(item)
+                self._queued -= weight
+                taken += weight
+            items.append(item)
+        if not queue and self._missed:
             items.append(Lagged(self._missed))
             self._missed = 0
         return items

@@ -8,13 +8,23 @@ live afterwards, never both and never neither.
 Ingest never waits for a tail: its subscriber is an :class:`EventStream`, a queue bounded in
 *lines*; past the bound, lines are dropped and counted, and the reader gets one
 ``{"type": "lagged", "missed": N}`` in their place. One task turns queued events into JSON and
-WebSocket frames and writes them; another reads the peer's frames (pongs, close).
+WebSocket frames and writes them, a few thousand lines at a time, so that a tail whose reader
+stalls keeps its backlog queued (and lags) instead of encoding it; another task reads the
+peer's frames (pongs, close).
+
+Speed: wsproto handles the handshake and every control frame, but text frames are built here.
+Encoding a log line costs ~0.6 us this way against ~7 us through ``json.dumps`` and
+``WSConnection.send``, and a live tail must keep up with ingest. This is sound because the
+server accepts no extension (``AcceptConnection()`` offers none), never fragments, and only
+writes data frames while wsproto says the connection is open.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterable
+from json.encoder import encode_basestring
 from typing import Any
 
 import anyio
@@ -26,12 +36,11 @@ from wsproto.events import (
     Event,
     Ping,
     Pong,
-    TextMessage,
 )
 
-from logatron_core import Registry
+from logatron_core import Logged, Registry, RegistryEvent
 
-from ._api import entry_json, event_json
+from ._api import event_json
 from ._server import EventStream, Lagged
 
 __all__ = [
@@ -51,6 +60,15 @@ PING_INTERVAL_SECONDS = 20.0
 
 # Frames joined into one socket write.
 WRITE_BATCH_BYTES = 64 * 1024
+
+# Lines taken from the queue per turn of the writer (see the module comment): about two
+# 64 KiB chunks of ingest, so the writer keeps up with the readers in a fair scheduler.
+WRITE_BATCH_LINES = 2000
+
+# A tail socket's kernel send buffer. Linux grows it to 4 MiB by default, which lets a reader
+# that stalls absorb ~20,000 frames the server has to encode for nothing; 128 KiB still carries
+# ~2.5 MB/s to a browser 50 ms away.
+TAIL_SEND_BUFFER_BYTES = 128 * 1024
 
 # How long a closing tail may take to send its close frame to a peer that does not read.
 CLOSE_GRACE_SECONDS = 1.0
@@ -79,8 +97,42 @@ class TailOptions:
         self.lagged_total += lines
 
 
-def _frame(ws: WSConnection, message: dict[str, Any]) -> bytes:
-    return ws.send(TextMessage(data=json.dumps(message, ensure_ascii=False)))
+def _text_frame(payload: bytes) -> bytes:
+    """One unfragmented, unmasked text frame (a server's, RFC 6455 section 5.2)."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length < 65536:
+        return b"\x81\x7e" + length.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + length.to_bytes(8, "big") + payload
+
+
+def _json(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _log_payloads(
+    client: str, first_seq: int, timestamp: float, messages: Iterable[str], truncated: bool
+) -> list[bytes]:
+    """``{"type": "log", ...}`` for a run of lines, as ``json.dumps`` would write it but with
+    the parts every line shares built once."""
+    head = f'{{"type":"log","client":{encode_basestring(client)},"seq":'
+    middle = f',"timestamp":{timestamp!r},"message":'
+    end = ',"truncated":true}' if truncated else ',"truncated":false}'
+    return [
+        f"{head}{seq}{middle}{encode_basestring(message)}{end}".encode()
+        for seq, message in enumerate(messages, first_seq)
+    ]
+
+
+def _payloads(item: RegistryEvent | Lagged) -> list[bytes]:
+    if isinstance(item, Logged):
+        return _log_payloads(
+            item.name, item.first_seq, item.timestamp, item.messages, item.truncated
+        )
+    if isinstance(item, Lagged):
+        return [_json({"type": "lagged", "missed": item.missed})]
+    return [_json(message) for message in event_json(item)]
 
 
 class _Tail:
@@ -103,29 +155,30 @@ class _Tail:
         async with self.send_lock:
             await self.stream.send(data)
 
-    async def send_messages(self, messages: list[dict[str, Any]]) -> None:
+    async def send_payloads(self, payloads: Iterable[bytes]) -> None:
+        """Write each payload as a text frame, batched; nothing once the connection closes."""
         batch: list[bytes] = []
         size = 0
-        for message in messages:
-            frame = _frame(self.ws, message)
+        for payload in payloads:
+            frame = _text_frame(payload)
             batch.append(frame)
             size += len(frame)
             if size >= WRITE_BATCH_BYTES:
-                await self.send(b"".join(batch))
+                await self.send_data(b"".join(batch))
                 batch, size = [], 0
         if batch:
-            await self.send(b"".join(batch))
+            await self.send_data(b"".join(batch))
+
+    async def send_data(self, data: bytes) -> None:
+        async with self.send_lock:
+            if self.ws.state is ConnectionState.OPEN:
+                await self.stream.send(data)
 
     async def write_live(self, events: EventStream) -> None:
         while True:
             await events.wait()
-            messages: list[dict[str, Any]] = []
-            for item in events.drain():
-                if isinstance(item, Lagged):
-                    messages.append({"type": "lagged", "missed": item.missed})
-                else:
-                    messages.extend(event_json(item))
-            await self.send_messages(messages)
+            for item in events.drain(WRITE_BATCH_LINES):
+                await self.send_payloads(_payloads(item))
 
     async def read(self, done: Callable[[tuple[int, str]], None]) -> None:
         while True:
@@ -188,6 +241,9 @@ async def run_tail(
     ``since`` None means the whole buffered backlog without a gap notice. Every way out sends a
     close frame with a code and a reason when the connection still allows it.
     """
+    raw_socket = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+    if raw_socket is not None:
+        raw_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TAIL_SEND_BUFFER_BYTES)
     tail = _Tail(stream, ws, options)
     events = EventStream(
         registry, options.max_queue_lines, client=client, on_drop=options.count_dropped
@@ -199,9 +255,12 @@ async def run_tail(
         backlog = registry.recent(cursor, client)
         missed = registry.missed_since(cursor, client) if since is not None else 0
         current = registry.last_seq
-        first: list[dict[str, Any]] = [{"type": "gap", "missed": missed}] if missed else []
-        first.extend({"type": "log", **entry_json(entry)} for entry in backlog)
-        first.append({"type": "current", "last_seq": current})
+        first = [_json({"type": "gap", "missed": missed})] if missed else []
+        for entry in backlog:
+            first += _log_payloads(
+                entry.client, entry.seq, entry.timestamp, (entry.message,), entry.truncated
+            )
+        first.append(_json({"type": "current", "last_seq": current}))
         async with anyio.create_task_group() as tg:
 
             def done(reason: tuple[int, str]) -> None:
@@ -212,7 +271,7 @@ async def run_tail(
             tg.start_soon(tail.read, done)
             tg.start_soon(tail.ping, done)
             try:
-                await tail.send_messages(first)
+                await tail.send_payloads(first)
                 await tail.write_live(events)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 done((1006, "connection lost"))
