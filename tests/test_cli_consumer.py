@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import io
 import json
 import os
 import re
@@ -23,9 +24,9 @@ from typing import Any
 import anyio.from_thread
 import pytest
 
-from logatron_anyio import HttpServer, LogatronServer
-from logatron_anyio._cli import main
-from logatron_core import Registry
+from logatron_anyio import Current, Gap, HttpServer, Lagged, LogatronServer
+from logatron_anyio._cli import _Output, _TailPrinter, main
+from logatron_core import ClientClosed, LogEntry, Registry
 from test_cli import COMMAND, TIMEOUT, Lines, talk
 
 # A fixed zone, 5:30 east of UTC (POSIX spells it "-05:30"): the commands print local times.
@@ -287,10 +288,11 @@ def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) 
 # -- tail ----------------------------------------------------------------------------------------
 
 
-def test_tail_prints_backlog_then_live_lines_and_stops_on_sigterm() -> None:
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_tail_prints_backlog_then_live_lines_and_stops_on_sigterm(backend: str) -> None:
     with servers() as served:
         talk(served.tcp_port, b"IAM bob\nLOG before\nPING\n")
-        with tail("--url", served.url) as (process, out, err):
+        with tail("--url", served.url, "--backend", backend) as (process, out, err):
             assert re.fullmatch(rf"{TIME}  bob\s+#1  before", out.next())
             with connected(served.tcp_port, "carol", b"SET phase build\nLOG after\n"):
                 assert re.fullmatch(rf"{TIME}  carol\s+\* connected", out.next())
@@ -361,3 +363,30 @@ def test_tail_reconnects_after_the_server_restarts() -> None:
             assert [m["type"] for m in messages] == ["log", "current"]
             assert messages[0]["message"] == "while away"  # resumed after seq 1
             assert stop(process) == 0
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stdout", [io.StringIO(), Terminal()])
+def test_tail_printer_notices_and_the_live_separator(stdout: io.StringIO) -> None:
+    stderr = io.StringIO()
+    printer = _TailPrinter(_Output(stdout, stderr))
+    for event in (
+        Gap(2),
+        LogEntry("a-rather-long-name", 12345, 0.0, "\r\x07bell\u2028", truncated=True),
+        Current(12345),
+        Lagged(7),
+        ClientClosed("a-rather-long-name", 0.0),
+    ):
+        printer.event(event)
+    assert stderr.getvalue().splitlines() == [
+        "-- 2 lines missed (evicted) --",
+        "-- 7 lines missed (this tail fell behind) --",
+    ]
+    entry, *live, closed = stdout.getvalue().splitlines()
+    assert entry.endswith("  a-rather-long-name  #12345  \\x0d\\x07bell\\u2028 [truncated]")
+    assert live == (["\x1b[2m-- live --\x1b[0m"] if stdout.isatty() else [])
+    assert closed.endswith("  a-rather-long-name          * disconnected")
