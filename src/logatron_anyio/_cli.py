@@ -446,13 +446,13 @@ _STATE_SUMMARY_CHARS = 60
 _DIM, _NORMAL = "\x1b[2m", "\x1b[0m"
 
 
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
+
+
 def _printable(text: str) -> str:
-    return _CONTROL.sub(
-        lambda match: (
-            f"\\x{ord(match[0]):02x}" if ord(match[0]) < 256 else f"\\u{ord(match[0]):04x}"
-        ),
-        text,
-    )
+    return _CONTROL.sub(_escape, text)
 
 
 def _local_time(timestamp: float | None) -> str:
@@ -576,18 +576,17 @@ def _event_json(event: TailEvent) -> dict[str, Any]:
     return event_json(event)[0]
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be 0 or more")
-    return value
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, not {text!r}")
+        return value
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be 1 or more")
-    return value
+    return convert
 
 
 def _add_consumer_commands(
@@ -604,7 +603,7 @@ def _add_consumer_commands(
         "--json", action="store_true", help="one JSON object per line, in the API's shapes"
     )
 
-    commands.add_parser(
+    clients = commands.add_parser(
         "clients",
         parents=[common],
         help="list the clients (connected and retained)",
@@ -627,10 +626,10 @@ def _add_consumer_commands(
     )
     recent.add_argument("name", metavar="NAME", nargs="?", help="only this client")
     recent.add_argument(
-        "--since", type=_non_negative, default=0, metavar="SEQ", help="only lines after SEQ"
+        "--since", type=_at_least(0), default=0, metavar="SEQ", help="only lines after SEQ"
     )
     recent.add_argument(
-        "--limit", type=_positive, metavar="N", help="at most N lines (the oldest after SEQ)"
+        "--limit", type=_at_least(1), metavar="N", help="at most N lines (the oldest after SEQ)"
     )
     recent.add_argument(
         "--sort",
@@ -649,13 +648,16 @@ def _add_consumer_commands(
     tail.add_argument("name", metavar="NAME", nargs="?", help="only this client")
     tail.add_argument(
         "--since",
-        type=_non_negative,
+        type=_at_least(0),
         metavar="SEQ",
         help="only lines after SEQ (default: every buffered line)",
     )
+    for command in (clients, state, recent, tail):
+        command.set_defaults(command_parser=command)
 
 
 def _consume(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[str, str]) -> int:
+    parser = args.command_parser  # errors name the command and show its usage
     url = _resolve(parser, _URL, args.url, env)
     token = _resolve(parser, _TOKEN, args.token, env)
     backend = _resolve(parser, _BACKEND, args.backend, env)
