@@ -194,6 +194,14 @@ def test_recent_human_json_and_options() -> None:
     assert [json.loads(line)["seq"] for line in limited.stdout.splitlines()] == [2, 3]
 
 
+def test_output_never_fails_to_encode() -> None:
+    with servers() as served:
+        talk(served.tcp_port, "IAM bob\nLOG café ☕\nPING\n".encode())
+        result = run("recent", "--url", served.url, PYTHONIOENCODING="ascii")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("  bob  #1  caf\\xe9 \\u2615\n")
+
+
 # -- errors --------------------------------------------------------------------------------------
 
 

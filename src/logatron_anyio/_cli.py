@@ -9,6 +9,7 @@ an error is one ``logatron: ...`` line on stderr and exit status 1, never a trac
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -668,6 +669,9 @@ def _consume(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dic
         consumer = Consumer(url, token=token or "")
     except ValueError as error:
         parser.error(f"--url: {error}")
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):  # a message never fails to print
+            stream.reconfigure(errors="backslashreplace")
     output = _Output(sys.stdout, sys.stderr)
     command = _COMMANDS[args.command]
     try:
