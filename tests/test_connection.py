@@ -51,6 +51,7 @@ def test_garbage_gives_events_or_bad_iam(data: bytes, cuts: list[int]) -> None:
 
 
 @given(st.binary(max_size=300))
+@example(b"PING a\rb\n")
 def test_garbage_after_iam_never_fails(data: bytes) -> None:
     events, error = run([b"IAM x\n" + data], 16)
     assert error is None and events[0] == Identify("x")

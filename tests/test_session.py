@@ -1,5 +1,8 @@
 """A Session drives one connection against the registry: every ERR code, replies, close."""
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from logatron_core import MAX_ERROR_REPLIES_PER_RECEIVE, Registry, Session
 
 
@@ -91,3 +94,16 @@ def test_a_flood_of_bad_lines_gets_a_bounded_reply_but_every_error_counted() -> 
     assert registry.stats.errors == {"unknown-command": flood}
     assert registry.client("a").errors == flood
     assert s.receive_data(b"FOO\n", 2.0).startswith(b"ERR unknown-command")  # a new chunk
+
+
+def test_ping_token_with_a_lone_carriage_return_is_answered() -> None:
+    s, _ = session()
+    assert s.receive_data(b"IAM a\nPING a\rb\nPING ok\n", 1.0) == b"PONG ab\nPONG ok\n"
+
+
+@given(st.binary(max_size=200))
+def test_a_session_answers_any_bytes_without_raising(data: bytes) -> None:
+    s, _ = session()
+    s.receive_data(b"IAM a\n" + data, 1.0)
+    s.receive_data(b"", 2.0)
+    assert s.closed

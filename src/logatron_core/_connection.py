@@ -121,7 +121,8 @@ def classify(line: str) -> tuple[LineKind, ServerEvent | None]:
             return LineKind.SET, SetState(key, value)
         return LineKind.BAD_SET, None
     if command == "PING":
-        return LineKind.PING, Ping(argument)
+        # A lone "\r" could not be echoed back on one line: it is dropped from the token.
+        return LineKind.PING, Ping(argument.replace("\r", ""))
     if command == "IAM":
         if is_valid_name(argument):
             return LineKind.IAM, Identify(argument)
