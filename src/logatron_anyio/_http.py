@@ -33,6 +33,7 @@ from wsproto.utilities import RemoteProtocolError as WebSocketProtocolError
 
 from logatron_core import NoSuchClient, Registry, is_valid_name
 
+from ._accept import serve_listener
 from ._api import client_json, entry_json, render_metrics
 from ._tail import TailOptions, run_tail
 
@@ -159,7 +160,7 @@ class HttpServer:
             self.address = (str(bound[0]), int(bound[1]))
             self.port = self.address[1]
             task_status.started(self.address)
-            await listener.serve(self._handle)
+            await serve_listener(listener, self._handle, logger)
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         async with stream:

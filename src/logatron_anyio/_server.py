@@ -35,6 +35,8 @@ from logatron_core import (
     Session,
 )
 
+from ._accept import serve_listener
+
 __all__ = ["EventStream", "Lagged", "LogatronServer"]
 
 logger = logging.getLogger("logatron.server")
@@ -53,9 +55,6 @@ CLOSE_GRACE_SECONDS = 2.0
 
 # How often retained clients past their retention are forgotten.
 EXPIRE_INTERVAL_SECONDS = 1.0
-
-# Pause after an accept() failure (out of file descriptors, ...) before accepting again.
-ACCEPT_RETRY_SECONDS = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,9 +313,7 @@ class LogatronServer:
             assert isinstance(bound, tuple)
             self.address = (str(bound[0]), int(bound[1]))
             self.port = self.address[1]
-            for one in listener.listeners:
-                assert isinstance(one, anyio.abc.SocketListener)
-                tg.start_soon(self._accept_loop, one, tg)
+            tg.start_soon(serve_listener, listener, self._handle, logger)
             tg.start_soon(self._expire_loop)
             logger.info(
                 "listening on %s",
@@ -324,22 +321,6 @@ class LogatronServer:
                 extra={"event": "listening", "address": _format_address(self.address)},
             )
             task_status.started(self.address)
-
-    async def _accept_loop(
-        self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup
-    ) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as error:  # out of file descriptors, aborted connection...
-                logger.warning(
-                    "accept failed: %s",
-                    error,
-                    extra={"event": "accept-failed", "error": str(error)},
-                )
-                await anyio.sleep(ACCEPT_RETRY_SECONDS)
-                continue
-            tg.start_soon(self._handle, stream)
 
     async def _expire_loop(self) -> None:
         while True:
