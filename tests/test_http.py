@@ -568,3 +568,28 @@ async def test_consumer_tail_surfaces_a_gap() -> None:
                 if isinstance(event, Current):
                     break
     assert isinstance(events[0], Gap) and events[0].missed == 2
+
+
+async def test_a_tail_whose_reader_stalls_is_closed_after_a_missed_pong() -> None:
+    async with serving(ping_interval=0.3) as servers, tcp_client(servers, "busy") as busy:
+        async with RawTail.open(servers.http_port, "/api/tail") as stalled:
+            await stalled.messages_until_current()  # the tail is subscribed by now
+            assert servers.http.tail_options.subscribers == 1
+            line = b"LOG " + b"s" * 200 + b"\n"
+            for _ in range(40):  # ~8 MB of frames: the writer blocks on the full socket
+                await busy.send(line * 1000)
+            await ping(busy)
+            with anyio.fail_after(TIMEOUT):
+                while servers.http.tail_options.subscribers:
+                    await anyio.sleep(0.05)
+            assert stalled.pending == []  # it never read; the server gave up on it
+
+
+async def test_a_tail_may_wait_for_a_client_that_has_not_connected_yet() -> None:
+    async with serving() as servers:
+        async with RawTail.open(servers.http_port, "/api/tail?client=later&since=0") as tail:
+            assert await tail.messages_until_current() == [{"type": "current", "last_seq": 0}]
+            async with tcp_client(servers, "later") as later:
+                await later.send(b"LOG at last\n")
+                assert (await tail.next_message())["type"] == "ready"
+                assert (await tail.next_message())["message"] == "at last"

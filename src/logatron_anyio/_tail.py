@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections import deque
 from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring
 from typing import Any
@@ -37,8 +38,9 @@ from wsproto.events import (
     Ping,
     Pong,
 )
+from wsproto.utilities import LocalProtocolError as WebSocketLocalProtocolError
 
-from logatron_core import Logged, Registry, RegistryEvent
+from logatron_core import Logged, NoSuchClient, Registry, RegistryEvent
 
 from ._api import event_json
 from ._server import EventStream, Lagged
@@ -151,8 +153,13 @@ class _Tail:
         self.awaiting_pong = False
         self.close: tuple[int, str] | None = None  # why the tail ends
 
-    async def send(self, data: bytes) -> None:
+    async def send_event(self, event: Event) -> None:
+        """Send a control event (ping, pong, close) if wsproto's state still allows it."""
         async with self.send_lock:
+            try:
+                data = self.ws.send(event)
+            except WebSocketLocalProtocolError:
+                return  # the connection closed meanwhile: nothing to say any more
             await self.stream.send(data)
 
     async def send_payloads(self, payloads: Iterable[bytes]) -> None:
@@ -195,25 +202,28 @@ class _Tail:
 
     async def on_event(self, event: Event, done: Callable[[tuple[int, str]], None]) -> None:
         if isinstance(event, Ping):
-            await self.send(self.ws.send(event.response()))
+            await self.send_event(event.response())
         elif isinstance(event, Pong):
             self.awaiting_pong = False
         elif isinstance(event, CloseConnection):
             # The peer closed, or wsproto found a protocol violation (code 1002): answer with
             # the same code and reason.
-            if self.ws.state is not ConnectionState.CLOSED:
-                await self.send(self.ws.send(event.response()))
+            await self.send_event(event.response())
             done((event.code, event.reason or ""))
         # Messages from the peer carry nothing for a tail: they are read and dropped.
 
     async def ping(self, done: Callable[[tuple[int, str]], None]) -> None:
+        interval = self.options.ping_interval
         while True:
-            await anyio.sleep(self.options.ping_interval)
+            await anyio.sleep(interval)
             if self.awaiting_pong:
-                done((1011, f"no pong within {self.options.ping_interval:g} s"))
+                done((1011, f"no pong within {interval:g} s"))
                 return
             self.awaiting_pong = True
-            await self.send(self.ws.send(Ping(b"logatron")))
+            # A writer blocked on a peer that stopped reading holds the send lock: give up on
+            # this ping after an interval, and the missing pong ends the tail next time round.
+            with anyio.move_on_after(interval):
+                await self.send_event(Ping(b"logatron"))
 
     async def say_goodbye(self) -> None:
         """Send our close frame (best effort, bounded in time) if the peer has not closed."""
@@ -222,7 +232,7 @@ class _Tail:
             return
         with anyio.move_on_after(CLOSE_GRACE_SECONDS, shield=True):
             try:
-                await self.send(self.ws.send(CloseConnection(code=code, reason=reason)))
+                await self.send_event(CloseConnection(code=code, reason=reason))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 pass
 
@@ -250,17 +260,16 @@ async def run_tail(
     )
     options.subscribers += 1
     try:
-        # Snapshot right after subscribing, with no await in between: the seam is exact.
+        # Snapshot right after subscribing, with no await in between: the seam is exact. The
+        # snapshot is the registry's runs (shared, not copied line by line), encoded and sent
+        # one run at a time, so a large backlog neither stalls the server nor stays in memory.
         cursor = since or 0
-        backlog = registry.recent(cursor, client)
+        try:
+            backlog = deque(registry.backlog(cursor, client))
+        except NoSuchClient:  # a tail may wait for a client that has not connected yet
+            backlog = deque()
         missed = registry.missed_since(cursor, client) if since is not None else 0
-        current = registry.last_seq
-        first = [_json({"type": "gap", "missed": missed})] if missed else []
-        for entry in backlog:
-            first += _log_payloads(
-                entry.client, entry.seq, entry.timestamp, (entry.message,), entry.truncated
-            )
-        first.append(_json({"type": "current", "last_seq": current}))
+        current = _json({"type": "current", "last_seq": registry.last_seq})
         async with anyio.create_task_group() as tg:
 
             def done(reason: tuple[int, str]) -> None:
@@ -271,7 +280,11 @@ async def run_tail(
             tg.start_soon(tail.read, done)
             tg.start_soon(tail.ping, done)
             try:
-                await tail.send_payloads(first)
+                if missed:
+                    await tail.send_payloads([_json({"type": "gap", "missed": missed})])
+                while backlog:
+                    await tail.send_payloads(_payloads(backlog.popleft()))
+                await tail.send_payloads([current])
                 await tail.write_live(events)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 done((1006, "connection lost"))

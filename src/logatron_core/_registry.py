@@ -12,7 +12,6 @@ Events go to subscribers synchronously and in order; an exception raised by a su
 counted in ``stats.subscriber_errors`` and never reaches ingest or the other subscribers.
 """
 
-import heapq
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -140,14 +139,20 @@ class ClientHandle:
             skip = 0
         return count
 
-    def entries(self, since: int = 0) -> Iterator[LogEntry]:
-        """The buffered lines with ``seq > since``, oldest first."""
+    def backlog(self, since: int = 0) -> Iterator[Logged]:
+        """The buffered runs, cut to the lines with ``seq > since``, oldest first."""
         name, skip = self.name, self.head_skip
         for first, timestamp, messages, truncated in self.runs:
             start = max(skip, since - first + 1)
             skip = 0
-            for index in range(start, len(messages)):
-                yield LogEntry(name, first + index, timestamp, messages[index], truncated)
+            if start < len(messages):
+                kept = messages[start:] if start > 0 else messages
+                yield Logged(name, first + start, timestamp, tuple(kept), truncated)
+
+    def entries(self, since: int = 0) -> Iterator[LogEntry]:
+        """The buffered lines with ``seq > since``, oldest first."""
+        for run in self.backlog(since):
+            yield from run.entries()
 
 
 def _positive(name: str, value: int) -> int:
@@ -379,11 +384,20 @@ class Registry:
 
         Raises NoSuchClient for an unknown ``client``.
         """
+        entries = (entry for run in self.backlog(since, client) for entry in run.entries())
+        return list(islice(entries, limit))
+
+    def backlog(self, since: int = 0, client: str | None = None) -> list[Logged]:
+        """The buffered lines with ``seq > since`` of every client (or one) as runs, ordered by
+        seq: cheap (no per-line work), for a tail's snapshot. Raises NoSuchClient.
+
+        The seqs of one run are consecutive and given out at once, so runs never interleave.
+        """
         if client is not None:
-            return self.log(client, since, limit)
-        runs = [handle.entries(since) for handle in self._clients.values()]
-        merged = heapq.merge(*runs, key=lambda entry: entry.seq)
-        return list(islice(merged, limit))
+            return list(self._get(client).backlog(since))
+        runs = [run for handle in self._clients.values() for run in handle.backlog(since)]
+        runs.sort(key=lambda run: run.first_seq)
+        return runs
 
     def missed_since(self, since: int, client: str | None = None) -> int:
         """How many lines with ``seq > since`` are no longer buffered (evicted or forgotten).
