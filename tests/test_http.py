@@ -32,6 +32,7 @@ from logatron_anyio import (
     TailOptions,
     Unauthorized,
 )
+from logatron_anyio import _http as http_module
 from logatron_core import LogEntry, Registry
 
 pytestmark = pytest.mark.anyio
@@ -262,6 +263,7 @@ async def test_keep_alive_serves_several_requests_on_one_connection() -> None:
         ("/api/recent?since=-1", 400, "bad-request"),
         ("/api/recent?limit=0", 400, "bad-request"),
         ("/api/recent?client=bad%20name", 400, "bad-request"),
+        ("/api/clients/b%C3%A9b", 400, "bad-request"),
     ],
 )
 async def test_bad_requests_get_json_errors(path: str, status: int, code: str) -> None:
@@ -296,11 +298,54 @@ async def test_oversized_headers_get_431_and_a_bound_on_memory() -> None:
         assert status == 431
 
 
-async def test_a_large_request_body_ends_the_connection() -> None:
+async def test_a_large_request_body_gets_413_and_the_connection_ends() -> None:
     async with serving() as servers:
         request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n"
-        status, _, _ = await raw_http(servers.http_port, request + b"x" * 200_000)
-    assert status == 200  # answered, then the rest of the body is not read
+        status, headers, body = await raw_http(servers.http_port, request + b"x" * 200_000)
+    assert status == 413 and json.loads(body)["code"] == "body-too-large"
+    assert headers["connection"] == "close"
+
+
+async def test_header_limit_does_not_depend_on_how_bytes_arrive() -> None:
+    async with serving() as servers:
+        request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+        status, _, _ = await raw_http(servers.http_port, request)  # one write
+    assert status == 431
+
+
+async def test_a_request_head_trickling_in_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_module, "HEAD_TIMEOUT_SECONDS", 0.5)
+    async with serving() as servers:
+        stream = await anyio.connect_tcp("127.0.0.1", servers.http_port)
+        async with stream:
+            started = anyio.current_time()
+            with anyio.fail_after(TIMEOUT):
+                try:
+                    for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * 100:
+                        await stream.send(bytes([byte]))
+                        await anyio.sleep(0.1)
+                    raise AssertionError("the server waited for the whole trickle")
+                except (anyio.BrokenResourceError, OSError):
+                    pass
+            assert anyio.current_time() - started < 5
+
+
+async def test_past_the_connection_limit_a_new_one_gets_503(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http_module, "MAX_CONNECTIONS", 2)
+    async with serving() as servers:
+        idle = [await anyio.connect_tcp("127.0.0.1", servers.http_port) for _ in range(2)]
+        try:
+            for _ in range(100):  # both are accepted (bounded wait)
+                if servers.http.open_connections == 2:
+                    break
+                await anyio.sleep(0.02)
+            status, _, body = await get(servers.http_port, "/healthz")
+            assert status == 503 and json.loads(body)["code"] == "too-busy"
+        finally:
+            for stream in idle:
+                await stream.aclose()
 
 
 # -- auth ----------------------------------------------------------------------------------------
@@ -595,3 +640,12 @@ async def test_a_tail_may_wait_for_a_client_that_has_not_connected_yet() -> None
                 await later.send(b"LOG at last\n")
                 assert (await tail.next_message())["type"] == "ready"
                 assert (await tail.next_message())["message"] == "at last"
+
+
+async def test_a_cursor_from_before_a_restart_gets_the_whole_backlog() -> None:
+    async with serving() as servers, tcp_client(servers, "new") as new:
+        await new.send(b"LOG first after restart\n")
+        await ping(new)
+        async with RawTail.open(servers.http_port, "/api/tail?since=500") as tail:
+            messages = await tail.messages_until_current()
+    assert [m.get("message") for m in messages] == ["first after restart", None]

@@ -7,8 +7,10 @@ WebSocket upgrade is handed to wsproto (``initiate_upgrade_connection``) and ser
 
 Bad input ends in a clear answer and never costs more than a bound: a request line or headers
 past ``MAX_HEADER_BYTES`` get 431, malformed HTTP gets 400, and both close the connection; a
-request body (none is expected) past ``MAX_BODY_BYTES`` gets 413; a connection idle for
-``IDLE_TIMEOUT_SECONDS`` between requests is closed.
+request body (none is expected) declared larger than ``MAX_BODY_BYTES`` gets 413; a request
+whose line and headers take longer than ``HEAD_TIMEOUT_SECONDS`` to arrive (slowloris), or a
+connection idle that long between requests, is closed; past ``MAX_CONNECTIONS`` open
+connections a new one gets 503.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from ._api import client_json, entry_json, render_metrics
 from ._tail import TailOptions, run_tail
 
 __all__ = [
-    "IDLE_TIMEOUT_SECONDS",
+    "HEAD_TIMEOUT_SECONDS",
     "MAX_BODY_BYTES",
+    "MAX_CONNECTIONS",
     "MAX_HEADER_BYTES",
     "HttpServer",
 ]
@@ -53,8 +56,13 @@ MAX_HEADER_BYTES = 16 * 1024
 # No route takes a body; one up to this size is read and ignored, a larger one gets 413.
 MAX_BODY_BYTES = 64 * 1024
 
-# A connection with no request under way is closed after this long (slowloris).
-IDLE_TIMEOUT_SECONDS = 60.0
+# Time for a request line and headers to arrive, counted from the end of the previous
+# request (so it also bounds an idle keep-alive connection). nginx's client_header_timeout
+# is 60 s.
+HEAD_TIMEOUT_SECONDS = 60.0
+
+# Open HTTP connections (WebSocket tails included); one more is answered 503 and closed.
+MAX_CONNECTIONS = 1024
 
 RECEIVE_BYTES = 64 * 1024
 
@@ -145,6 +153,7 @@ class HttpServer:
         self.tail_options = tail_options or TailOptions()
         self._connection_stats = connection_stats or (lambda: (registry.connected_count, 0))
         self._page = _status_page()
+        self.open_connections = 0
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED
@@ -164,20 +173,31 @@ class HttpServer:
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         async with stream:
+            if self.open_connections >= MAX_CONNECTIONS:
+                with anyio.move_on_after(1):
+                    await stream.send(_BUSY)
+                return
+            self.open_connections += 1
             try:
                 await self._serve_connection(stream)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 pass  # the peer went away
             except Exception:
                 logger.exception("HTTP connection failed", extra={"event": "http-failed"})
+            finally:
+                self.open_connections -= 1
 
     async def _serve_connection(self, stream: anyio.abc.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         while True:
             try:
-                event = await self._next_event(conn, stream)
+                event = None
+                with anyio.move_on_after(HEAD_TIMEOUT_SECONDS):
+                    event = await self._next_event(conn, stream)
                 if not isinstance(event, h11.Request):
-                    return  # ConnectionClosed, or idle too long
+                    return  # ConnectionClosed, or too slow
+                if _head_size(event) > MAX_HEADER_BYTES:
+                    raise h11.RemoteProtocolError("request headers too large", 431)
                 if await self._serve_request(conn, stream, event):
                     return  # now a WebSocket, served to its end
                 if not await self._discard_body(conn, stream):
@@ -190,26 +210,24 @@ class HttpServer:
             conn.start_next_cycle()
 
     async def _next_event(self, conn: h11.Connection, stream: anyio.abc.SocketStream) -> Any:
-        """The next h11 event, reading as needed; None after the idle timeout."""
+        """The next h11 event, reading as needed."""
         while True:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            data = b""
-            with anyio.move_on_after(IDLE_TIMEOUT_SECONDS) as idle:
-                try:
-                    data = await stream.receive(RECEIVE_BYTES)
-                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                    data = b""
-            if idle.cancelled_caught:
-                return None
+            try:
+                data = await stream.receive(RECEIVE_BYTES)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                data = b""
             conn.receive_data(data)
 
     async def _discard_body(self, conn: h11.Connection, stream: anyio.abc.SocketStream) -> bool:
         """Read and drop a request body; False if the connection must end."""
         received = 0
         while conn.their_state is h11.SEND_BODY:
-            event = await self._next_event(conn, stream)
+            event = None
+            with anyio.move_on_after(HEAD_TIMEOUT_SECONDS):
+                event = await self._next_event(conn, stream)
             if isinstance(event, h11.Data):
                 received += len(event.data)
                 if received > MAX_BODY_BYTES:
@@ -237,6 +255,9 @@ class HttpServer:
         path, query = unquote(target.path), _Query(target.query)
         headers = {name.decode("latin-1"): value for name, value in request.headers}
         try:
+            if int(headers.get("content-length", b"0") or 0) > MAX_BODY_BYTES:
+                message = f"no route takes a body over {MAX_BODY_BYTES} bytes"
+                raise _HttpError(413, "body-too-large", message)
             if path != "/healthz":
                 self._authorize(headers.get("authorization"), query.text("token"))
             if path == "/api/tail" and b"websocket" in headers.get("upgrade", b"").lower():
@@ -250,7 +271,7 @@ class HttpServer:
             reply = self._route(path, query)
         except _HttpError as error:
             reply = error.reply
-        close = method not in ("GET", "HEAD")
+        close = method not in ("GET", "HEAD") or reply.status == 413
         await self._send_reply(conn, stream, reply, head=method == "HEAD", close=close)
         return False
 
@@ -328,6 +349,8 @@ class HttpServer:
         """``name`` if the registry knows it (or None); raises _HttpError (404) otherwise."""
         if name is None:
             return None
+        if not is_valid_name(name):
+            raise _HttpError(400, "bad-request", f"invalid client name: {name!r}")
         try:
             self.registry.oldest_seq(name)
         except NoSuchClient:
@@ -383,3 +406,15 @@ class HttpServer:
         await run_tail(
             stream, ws, self.registry, client=client, since=since, options=self.tail_options
         )
+
+
+def _head_size(request: h11.Request) -> int:
+    """Bytes of a request's target and headers (h11 bounds only what arrives incomplete)."""
+    return len(request.target) + sum(len(name) + len(value) + 4 for name, value in request.headers)
+
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"content-length: 56\r\nconnection: close\r\n\r\n"
+    b'{"error":"too many open connections","code":"too-busy"}\n'
+)

@@ -263,7 +263,9 @@ async def run_tail(
         # Snapshot right after subscribing, with no await in between: the seam is exact. The
         # snapshot is the registry's runs (shared, not copied line by line), encoded and sent
         # one run at a time, so a large backlog neither stalls the server nor stays in memory.
-        cursor = since or 0
+        # A cursor past the newest seq comes from before a restart of the server: seqs began
+        # again at 1, so everything buffered is new to this reader.
+        cursor = since if since is not None and since <= registry.last_seq else 0
         try:
             backlog = deque(registry.backlog(cursor, client))
         except NoSuchClient:  # a tail may wait for a client that has not connected yet
