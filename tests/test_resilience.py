@@ -52,3 +52,31 @@ def test_serve_survives_running_out_of_file_descriptors() -> None:
             _, err = server.communicate(timeout=TIMEOUT)
         assert server.returncode == 0, err
         assert "accept failed" in err
+
+
+def test_sync_server_waits_out_running_out_of_file_descriptors() -> None:
+    command = f"ulimit -n 40; exec {sys.executable} -m logatron_sync --port 0"
+    with subprocess.Popen(
+        ["bash", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as server:
+        peers: list[socket.socket] = []
+        try:
+            assert server.stdout is not None
+            port = int(re.findall(r":(\d+)", server.stdout.readline())[-1])
+            for _ in range(50):
+                peers.append(socket.create_connection(("127.0.0.1", port)))
+            time.sleep(2)  # about two ticks out of descriptors
+            for peer in peers:
+                peer.close()
+            peers.clear()
+            time.sleep(1.5)  # the next tick accepts again
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+                client.sendall(b"IAM after\nPING\n")
+                assert client.recv(100) == b"PONG\n"
+        finally:
+            for peer in peers:
+                peer.close()
+            server.terminate()
+            _, err = server.communicate(timeout=TIMEOUT)
+        assert server.returncode == 0, err
+        assert 1 <= err.count("accept failed") <= 5  # logged once a tick, not in a busy loop

@@ -10,6 +10,7 @@ ever touched from the loop's thread; other threads reach the loop through ``stop
 ``call()``, which write one byte to a wake-up socket pair.
 """
 
+import errno
 import logging
 import selectors
 import socket
@@ -40,6 +41,8 @@ TURN_SECONDS: Final = 0.005
 MIN_RECV_BYTES: Final = 4096
 # How often (seconds) the loop wakes on its own to expire retained clients.
 TICK_SECONDS: Final = 1.0
+# accept() failures that mean "not now" rather than "not this one".
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Connections accepted per readable event of the listener, so a connect storm cannot starve
 # the peers that are already connected.
 ACCEPTS_PER_TICK: Final = 64
@@ -91,6 +94,7 @@ class LogatronServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.create_server((host, port), family=family, backlog=4096)
         self._listener.setblocking(False)
+        self._accept_paused = False  # after an accept() failure, until the next tick
         self._address: tuple[str, int] = self._listener.getsockname()[:2]
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -251,6 +255,9 @@ class LogatronServer:
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_SECONDS
+                if self._accept_paused:
+                    self._accept_paused = False
+                    selector.register(listener, read_event, None)
                 try:
                     registry.expire(clock())
                 except Exception:
@@ -262,8 +269,15 @@ class LogatronServer:
                 sock, _address = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:  # out of file descriptors, or the peer gave up already
-                _logger.exception("accept failed")
+            except OSError as error:
+                if error.errno not in _OUT_OF_RESOURCES:
+                    continue  # the peer gave up before it was accepted
+                # Out of descriptors: the listener stays readable, so stop selecting it until
+                # the next tick (no busy loop; one log line a tick at most).
+                if not self._accept_paused:
+                    _logger.warning("accept failed (retrying every tick): %s", error)
+                    selector.unregister(self._listener)
+                    self._accept_paused = True
                 return
             try:
                 sock.setblocking(False)
