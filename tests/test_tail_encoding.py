@@ -8,9 +8,9 @@ from wsproto import WSConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, Request, TextMessage
 
-from logatron_anyio._api import entry_json
-from logatron_anyio._tail import _log_payloads, _text_frame
-from logatron_core import LogEntry
+from logatron_anyio._api import entry_json, run_payloads
+from logatron_anyio._tail import _text_frame
+from logatron_core import Logged
 
 
 @given(
@@ -19,16 +19,25 @@ from logatron_core import LogEntry
     st.floats(0, 4e9, allow_nan=False),
     st.lists(st.text(), max_size=5),
     st.booleans(),
+    st.none() | st.integers(0, 6),
 )
-def test_log_payloads_are_the_api_json(
-    client: str, first: int, timestamp: float, messages: list[str], truncated: bool
+def test_run_payloads_are_the_api_json(
+    client: str,
+    first: int,
+    timestamp: float,
+    messages: list[str],
+    truncated: bool,
+    limit: int | None,
 ) -> None:
-    payloads = _log_payloads(client, first, timestamp, messages, truncated)
-    expected = [
-        {"type": "log", **entry_json(LogEntry(client, seq, timestamp, message, truncated))}
-        for seq, message in enumerate(messages, first)
-    ]
-    assert [json.loads(payload) for payload in payloads] == expected
+    run = Logged(client, first, timestamp, tuple(messages), truncated)
+    entries = [entry_json(entry) for entry in run.entries()][:limit]
+    assert [json.loads(p) for p in run_payloads(run, limit=limit)] == entries
+    tail = [json.loads(p) for p in run_payloads(run, tail=True)]
+    assert tail == [{"type": "log", **entry} for entry in entry_json_all(run)]
+
+
+def entry_json_all(run: Logged) -> list[dict[str, object]]:
+    return [entry_json(entry) for entry in run.entries()]
 
 
 def test_text_frames_of_every_length_class_decode() -> None:

@@ -36,7 +36,7 @@ from wsproto.utilities import RemoteProtocolError as WebSocketProtocolError
 from logatron_core import NoSuchClient, Registry, is_valid_name
 
 from ._accept import serve_listener
-from ._api import client_json, entry_json, render_metrics
+from ._api import client_json, render_metrics, run_payloads
 from ._tail import TailOptions, run_tail
 
 __all__ = [
@@ -65,6 +65,9 @@ HEAD_TIMEOUT_SECONDS = 60.0
 MAX_CONNECTIONS = 1024
 
 RECEIVE_BYTES = 64 * 1024
+
+# Lines encoded between two checkpoints when answering with many entries.
+ENCODE_CHUNK_LINES = 5_000
 
 _JSON = "application/json; charset=utf-8"
 
@@ -268,7 +271,7 @@ class HttpServer:
             if method not in ("GET", "HEAD"):
                 allow = (("allow", "GET, HEAD"),)
                 raise _HttpError(405, "method-not-allowed", f"{method} is not allowed", allow)
-            reply = self._route(path, query)
+            reply = await self._route(path, query)
         except _HttpError as error:
             reply = error.reply
         close = method not in ("GET", "HEAD") or reply.status == 413
@@ -290,7 +293,7 @@ class HttpServer:
             challenge = (("www-authenticate", 'Bearer realm="logatron"'),)
             raise _HttpError(401, "unauthorized", "a valid bearer token is required", challenge)
 
-    def _route(self, path: str, query: _Query) -> _Reply:
+    async def _route(self, path: str, query: _Query) -> _Reply:
         registry = self.registry
         if path == "/healthz":
             return _json_reply(200, {"status": "ok"})
@@ -315,12 +318,7 @@ class HttpServer:
             }
             return _json_reply(200, payload)
         if path == "/api/recent":
-            since = query.integer("since", 0) or 0
-            entries = registry.recent(since, self._known(query.client()), query.integer("limit", 1))
-            return _json_reply(
-                200,
-                {"entries": [entry_json(e) for e in entries], "last_seq": registry.last_seq},
-            )
+            return await self._entries(b"", self._known(query.client()), query)
         if path == "/api/tail":
             upgrade = (("upgrade", "websocket"), ("connection", "upgrade"))
             raise _HttpError(426, "upgrade-required", "/api/tail is a WebSocket", upgrade)
@@ -331,19 +329,33 @@ class HttpServer:
             if len(parts) == 4:
                 return _json_reply(200, client_json(registry.client(name)))
             if parts[4] == "log":
-                since = query.integer("since", 0) or 0
-                entries = registry.log(name, since, query.integer("limit", 1))
-                return _json_reply(
-                    200,
-                    {
-                        "client": name,
-                        "entries": [entry_json(e) for e in entries],
-                        "last_seq": registry.last_seq,
-                    },
-                )
+                client_field = b'"client":' + json.dumps(name).encode() + b","
+                return await self._entries(client_field, name, query)
             if parts[4] == "state":
                 return _json_reply(200, {"client": name, "state": registry.state(name)})
         raise _HttpError(404, "not-found", f"no such route: {path}")
+
+    async def _entries(self, fields: bytes, client: str | None, query: _Query) -> _Reply:
+        """``{<fields>"entries": [...], "last_seq": N}`` for ``since``/``limit``: a snapshot of
+        the registry's runs (cheap), encoded with a checkpoint every ENCODE_CHUNK_LINES lines,
+        so a large answer never stalls ingest or the tails."""
+        since = query.integer("since", 0) or 0
+        limit = query.integer("limit", 1)
+        last_seq = self.registry.last_seq
+        runs = self.registry.backlog(since, client)
+        entries: list[bytes] = []
+        since_checkpoint = 0
+        for run in runs:
+            left = None if limit is None else limit - len(entries)
+            if left == 0:
+                break
+            entries += run_payloads(run, limit=left)
+            since_checkpoint += len(run.messages)
+            if since_checkpoint >= ENCODE_CHUNK_LINES:
+                since_checkpoint = 0
+                await anyio.lowlevel.checkpoint()
+        body = b'{%s"entries":[%s],"last_seq":%d}' % (fields, b",".join(entries), last_seq)
+        return _Reply(200, body)
 
     def _known(self, name: str | None) -> str | None:
         """``name`` if the registry knows it (or None); raises _HttpError (404) otherwise."""
