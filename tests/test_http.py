@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from wsproto import WSConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import (
     AcceptConnection,
+    BytesMessage,
     CloseConnection,
     Ping,
     Request,
@@ -649,3 +652,68 @@ async def test_a_cursor_from_before_a_restart_gets_the_whole_backlog() -> None:
         async with RawTail.open(servers.http_port, "/api/tail?since=500") as tail:
             messages = await tail.messages_until_current()
     assert [m.get("message") for m in messages] == ["first after restart", None]
+
+
+async def test_resets_past_the_connection_limit_harm_no_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http_module, "MAX_CONNECTIONS", 2)
+    async with serving() as servers:
+        idle = [await anyio.connect_tcp("127.0.0.1", servers.http_port) for _ in range(2)]
+        for _ in range(100):
+            if servers.http.open_connections == 2:
+                break
+            await anyio.sleep(0.02)
+        for _ in range(50):  # connect and reset at once, while the server is full
+            rude = await anyio.connect_tcp("127.0.0.1", servers.http_port)
+            raw = rude.extra(anyio.abc.SocketAttribute.raw_socket)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await rude.aclose()
+        for stream in idle:
+            await stream.aclose()
+        for _ in range(100):
+            if servers.http.open_connections == 0:
+                break
+            await anyio.sleep(0.02)
+        assert await get_json(servers.http_port, "/healthz") == (200, {"status": "ok"})
+
+
+async def test_a_request_body_trickling_in_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_module, "HEAD_TIMEOUT_SECONDS", 0.5)
+    async with serving() as servers:
+        stream = await anyio.connect_tcp("127.0.0.1", servers.http_port)
+        async with stream:
+            await stream.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+            started = anyio.current_time()
+            with anyio.fail_after(TIMEOUT):
+                try:
+                    for _ in range(1000):
+                        await stream.send(b"b")
+                        await anyio.sleep(0.1)
+                    raise AssertionError("the server waited for the whole trickle")
+                except (anyio.BrokenResourceError, OSError):
+                    pass
+            assert anyio.current_time() - started < 5
+
+
+async def test_a_huge_message_to_a_tail_closes_it_with_1009() -> None:
+    async with serving() as servers:
+        async with RawTail.open(servers.http_port, "/api/tail") as tail:
+            await tail.messages_until_current()
+            await tail.stream.send(tail.ws.send(BytesMessage(data=b"x" * 100_000)))
+            event = await tail.next_event()
+            assert isinstance(event, CloseConnection) and event.code == 1009 and event.reason
+
+
+class _BrokenPeer:
+    """A connection reset before the server could say anything."""
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return b"GET / HTTP/1.1\r\n\r\n"
+
+    async def send(self, data: bytes) -> None:
+        raise anyio.BrokenResourceError
+
+
+async def test_refusing_a_connection_that_is_gone_raises_nothing() -> None:
+    await http_module._refuse_busy(_BrokenPeer())  # type: ignore[arg-type]

@@ -144,6 +144,9 @@ class RegistryMachine(RuleBasedStateMachine):
             assert [(e.seq, e.message) for e in info.log] == expected.log
             assert info.state == expected.state
             assert info.lines_evicted == expected.evicted
+            for limit in (0, 1, 2, BUFFER + 1):
+                newest = registry.client(name, log_limit=limit).log
+                assert [(e.seq, e.message) for e in newest] == expected.log[-limit:][:limit]
         assert self.events == self.expected_events
         for since in {0, self.seq // 2, max(0, self.seq - 2), self.seq}:
             buffered = sum(1 for c in self.model.values() for seq, _ in c.log if seq > since)

@@ -177,8 +177,7 @@ class HttpServer:
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         async with stream:
             if self.open_connections >= MAX_CONNECTIONS:
-                with anyio.move_on_after(1):
-                    await stream.send(_BUSY)
+                await _refuse_busy(stream)
                 return
             self.open_connections += 1
             try:
@@ -225,19 +224,20 @@ class HttpServer:
             conn.receive_data(data)
 
     async def _discard_body(self, conn: h11.Connection, stream: anyio.abc.SocketStream) -> bool:
-        """Read and drop a request body; False if the connection must end."""
+        """Read and drop a request body; False if the connection must end (the body is over
+        MAX_BODY_BYTES, or has not arrived within HEAD_TIMEOUT_SECONDS)."""
         received = 0
-        while conn.their_state is h11.SEND_BODY:
-            event = None
-            with anyio.move_on_after(HEAD_TIMEOUT_SECONDS):
+        with anyio.move_on_after(HEAD_TIMEOUT_SECONDS):
+            while conn.their_state is h11.SEND_BODY:
                 event = await self._next_event(conn, stream)
-            if isinstance(event, h11.Data):
-                received += len(event.data)
-                if received > MAX_BODY_BYTES:
+                if isinstance(event, h11.Data):
+                    received += len(event.data)
+                    if received > MAX_BODY_BYTES:
+                        return False
+                elif not isinstance(event, h11.EndOfMessage):
                     return False
-            elif not isinstance(event, h11.EndOfMessage):
-                return False
-        return True
+            return True
+        return False
 
     async def _refuse_malformed(
         self, conn: h11.Connection, stream: anyio.abc.SocketStream, error: h11.RemoteProtocolError
@@ -421,8 +421,22 @@ class HttpServer:
 
 
 def _head_size(request: h11.Request) -> int:
-    """Bytes of a request's target and headers (h11 bounds only what arrives incomplete)."""
-    return len(request.target) + sum(len(name) + len(value) + 4 for name, value in request.headers)
+    """Bytes of a request's line and headers, as sent (h11 bounds only what arrives
+    incomplete, so a head that arrives whole is measured here against the same limit)."""
+    line = len(request.method) + len(request.target) + len(b"  HTTP/1.1\r\n")
+    headers = sum(len(name) + len(value) + len(b": \r\n") for name, value in request.headers)
+    return line + headers + len(b"\r\n")
+
+
+async def _refuse_busy(stream: anyio.abc.SocketStream) -> None:
+    """Answer 503 to a connection past MAX_CONNECTIONS: read what the request sent first (so
+    the close is not a reset that loses the answer), within a second; never raises."""
+    with anyio.move_on_after(1):
+        try:
+            await stream.receive(MAX_HEADER_BYTES)
+            await stream.send(_BUSY)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
 
 
 _BUSY = (

@@ -32,10 +32,12 @@ import anyio.abc
 from wsproto import WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
+    BytesMessage,
     CloseConnection,
     Event,
     Ping,
     Pong,
+    TextMessage,
 )
 from wsproto.utilities import LocalProtocolError as WebSocketLocalProtocolError
 
@@ -75,6 +77,9 @@ TAIL_SEND_BUFFER_BYTES = 128 * 1024
 CLOSE_GRACE_SECONDS = 1.0
 
 RECEIVE_BYTES = 16 * 1024
+
+# A message from the peer longer than this closes the tail (1009): tails take no input.
+MAX_INCOMING_MESSAGE_BYTES = 64 * 1024
 
 
 class TailOptions:
@@ -134,6 +139,7 @@ class _Tail:
         self.options = options
         self.send_lock = anyio.Lock()
         self.awaiting_pong = False
+        self.incoming = 0  # bytes of the peer's current message
         self.close: tuple[int, str] | None = None  # why the tail ends
 
     async def send_event(self, event: Event) -> None:
@@ -192,12 +198,19 @@ class _Tail:
             await self.send_event(event.response())
         elif isinstance(event, Pong):
             self.awaiting_pong = False
+        elif isinstance(event, (TextMessage, BytesMessage)):
+            # Messages to a tail carry nothing and are dropped, but one that never ends would
+            # keep the server reading: past the bound the tail closes with 1009.
+            self.incoming += len(event.data)
+            if self.incoming > MAX_INCOMING_MESSAGE_BYTES:
+                done((1009, f"a tail takes no messages over {MAX_INCOMING_MESSAGE_BYTES} bytes"))
+            elif event.message_finished:
+                self.incoming = 0
         elif isinstance(event, CloseConnection):
             # The peer closed, or wsproto found a protocol violation (code 1002): answer with
             # the same code and reason.
             await self.send_event(event.response())
             done((event.code, event.reason or ""))
-        # Messages from the peer carry nothing for a tail: they are read and dropped.
 
     async def ping(self, done: Callable[[tuple[int, str]], None]) -> None:
         interval = self.options.ping_interval

@@ -149,6 +149,19 @@ class ClientHandle:
                 kept = messages[start:] if start > 0 else messages
                 yield Logged(name, first + start, timestamp, tuple(kept), truncated)
 
+    def newest(self, count: int) -> list[LogEntry]:
+        """The newest ``count`` buffered lines, oldest first (no work for the others)."""
+        if count <= 0:
+            return []
+        remaining = count
+        for index in range(len(self.runs) - 1, -1, -1):
+            first, _, messages, _ = self.runs[index]
+            available = len(messages) - (self.head_skip if index == 0 else 0)
+            if available >= remaining:
+                return list(self.entries(first + len(messages) - remaining - 1))
+            remaining -= available
+        return list(self.entries())
+
     def entries(self, since: int = 0) -> Iterator[LogEntry]:
         """The buffered lines with ``seq > since``, oldest first."""
         for run in self.backlog(since):
@@ -347,9 +360,7 @@ class Registry:
         Raises NoSuchClient.
         """
         client = self._get(name)
-        log = list(client.entries())
-        if log_limit is not None:
-            log = log[len(log) - log_limit :] if log_limit > 0 else []
+        log = list(client.entries()) if log_limit is None else client.newest(log_limit)
         return ClientInfo(
             client.name,
             client.connected,
