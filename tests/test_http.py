@@ -36,6 +36,7 @@ from logatron_anyio import (
     Unauthorized,
 )
 from logatron_anyio import _http as http_module
+from logatron_anyio._api import client_json
 from logatron_core import LogEntry, Registry
 
 pytestmark = pytest.mark.anyio
@@ -717,3 +718,16 @@ class _BrokenPeer:
 
 async def test_refusing_a_connection_that_is_gone_raises_nothing() -> None:
     await http_module._refuse_busy(_BrokenPeer())  # type: ignore[arg-type]
+
+
+async def test_client_json_is_exactly_the_registry_record() -> None:
+    registry = Registry(buffer_size=4)
+    async with serving(registry) as servers, tcp_client(servers, "x") as x:
+        await x.send(b'LOG one\nLOG "quoted" \\\\ \xc3\xa9\nSET k v\nLOG 3\nLOG 4\nLOG 5\n')
+        await ping(x)
+        for lines in (0, 2, 10):
+            _, body = await get_json(servers.http_port, f"/api/clients?lines={lines}")
+            expected = [client_json(info) for info in registry.clients(log_limit=lines).values()]
+            assert body["clients"] == expected
+        _, body = await get_json(servers.http_port, "/api/clients/x")
+        assert body == client_json(registry.client("x"))

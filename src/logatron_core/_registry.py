@@ -149,8 +149,8 @@ class ClientHandle:
                 kept = messages[start:] if start > 0 else messages
                 yield Logged(name, first + start, timestamp, tuple(kept), truncated)
 
-    def newest(self, count: int) -> list[LogEntry]:
-        """The newest ``count`` buffered lines, oldest first (no work for the others)."""
+    def newest(self, count: int) -> list[Logged]:
+        """The newest ``count`` buffered lines as runs, oldest first (no work for the others)."""
         if count <= 0:
             return []
         remaining = count
@@ -158,9 +158,9 @@ class ClientHandle:
             first, _, messages, _ = self.runs[index]
             available = len(messages) - (self.head_skip if index == 0 else 0)
             if available >= remaining:
-                return list(self.entries(first + len(messages) - remaining - 1))
+                return list(self.backlog(first + len(messages) - remaining - 1))
             remaining -= available
-        return list(self.entries())
+        return list(self.backlog())
 
     def entries(self, since: int = 0) -> Iterator[LogEntry]:
         """The buffered lines with ``seq > since``, oldest first."""
@@ -360,7 +360,8 @@ class Registry:
         Raises NoSuchClient.
         """
         client = self._get(name)
-        log = list(client.entries()) if log_limit is None else client.newest(log_limit)
+        runs = client.backlog() if log_limit is None else client.newest(log_limit)
+        log = [entry for run in runs for entry in run.entries()]
         return ClientInfo(
             client.name,
             client.connected,
@@ -397,6 +398,11 @@ class Registry:
         """
         entries = (entry for run in self.backlog(since, client) for entry in run.entries())
         return list(islice(entries, limit))
+
+    def newest(self, name: str, count: int) -> list[Logged]:
+        """``name``'s newest ``count`` buffered lines as runs, oldest first. Raises
+        NoSuchClient."""
+        return self._get(name).newest(count)
 
     def backlog(self, since: int = 0, client: str | None = None) -> list[Logged]:
         """The buffered lines with ``seq > since`` of every client (or one) as runs, ordered by
