@@ -6,6 +6,7 @@ the status page read exactly these.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from json.encoder import encode_basestring
 from typing import Any
@@ -18,11 +19,10 @@ from logatron_core import (
     LogEntry,
     Logged,
     Registry,
-    RegistryEvent,
     StateSet,
 )
 
-__all__ = ["client_json", "entry_json", "event_json", "render_metrics", "run_payloads"]
+__all__ = ["client_json", "dumps", "entry_json", "event_json", "render_metrics", "run_payloads"]
 
 
 def entry_json(entry: LogEntry) -> dict[str, Any]:
@@ -65,35 +65,24 @@ def client_json(info: ClientInfo) -> dict[str, Any]:
     }
 
 
-def event_json(event: RegistryEvent) -> list[dict[str, Any]]:
-    """The tail messages for one registry event (a run of lines gives one per line)."""
-    if isinstance(event, Logged):
-        name, timestamp, truncated = event.name, event.timestamp, event.truncated
-        return [
-            {
-                "type": "log",
-                "client": name,
-                "seq": seq,
-                "timestamp": timestamp,
-                "message": message,
-                "truncated": truncated,
-            }
-            for seq, message in enumerate(event.messages, event.first_seq)
-        ]
+def dumps(payload: Any) -> bytes:
+    """Compact UTF-8 JSON, the one encoding of every answer and tail message."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def event_json(event: StateSet | ClientReady | ClientClosed) -> dict[str, Any]:
+    """The tail message for a registry event other than lines (those: ``run_payloads``)."""
     if isinstance(event, StateSet):
-        return [
-            {
-                "type": "set",
-                "client": event.name,
-                "key": event.key,
-                "value": event.value,
-                "timestamp": event.timestamp,
-            }
-        ]
+        return {
+            "type": "set",
+            "client": event.name,
+            "key": event.key,
+            "value": event.value,
+            "timestamp": event.timestamp,
+        }
     if isinstance(event, ClientReady):
-        return [{"type": "ready", "client": event.name, "timestamp": event.timestamp}]
-    assert isinstance(event, ClientClosed)
-    return [{"type": "close", "client": event.name, "timestamp": event.timestamp}]
+        return {"type": "ready", "client": event.name, "timestamp": event.timestamp}
+    return {"type": "close", "client": event.name, "timestamp": event.timestamp}
 
 
 def _metric(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, int]]) -> str:

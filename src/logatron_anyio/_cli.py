@@ -574,7 +574,7 @@ def _event_json(event: TailEvent) -> dict[str, Any]:
         return {"type": "gap", "missed": event.missed}
     if isinstance(event, Lagged):
         return {"type": "lagged", "missed": event.missed}
-    return event_json(event)[0]
+    return event_json(event)
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:

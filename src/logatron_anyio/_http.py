@@ -36,7 +36,7 @@ from wsproto.utilities import RemoteProtocolError as WebSocketProtocolError
 from logatron_core import NoSuchClient, Registry, is_valid_name
 
 from ._accept import serve_listener
-from ._api import client_json, render_metrics, run_payloads
+from ._api import client_json, dumps, render_metrics, run_payloads
 from ._tail import TailOptions, run_tail
 
 __all__ = [
@@ -90,12 +90,8 @@ class _HttpError(Exception):
         self.reply = _json_reply(status, {"error": message, "code": code}, headers)
 
 
-def _dumps(payload: Any) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 def _json_reply(status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) -> _Reply:
-    return _Reply(status, _dumps(payload), _JSON, headers)
+    return _Reply(status, dumps(payload), _JSON, headers)
 
 
 class _Query:
@@ -362,7 +358,7 @@ class HttpServer:
         the log encoded from the stored runs: ~0.6 us a line, so even every client's whole
         buffer answers without stalling the server for long."""
         registry = self.registry
-        summary = _dumps(client_json(registry.client(name, log_limit=0)))
+        summary = dumps(client_json(registry.client(name, log_limit=0)))
         runs = registry.backlog(0, name) if lines is None else registry.newest(name, lines)
         log = b",".join(payload for run in runs for payload in run_payloads(run))
         assert summary.endswith(b'"log":[]}')  # client_json puts the log last

@@ -21,11 +21,9 @@ writes data frames while wsproto says the connection is open.
 
 from __future__ import annotations
 
-import json
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -43,7 +41,7 @@ from wsproto.utilities import LocalProtocolError as WebSocketLocalProtocolError
 
 from logatron_core import Logged, NoSuchClient, Registry, RegistryEvent
 
-from ._api import event_json, run_payloads
+from ._api import dumps, event_json, run_payloads
 from ._server import EventStream, Lagged
 
 __all__ = [
@@ -113,16 +111,12 @@ def _text_frame(payload: bytes) -> bytes:
     return b"\x81\x7f" + length.to_bytes(8, "big") + payload
 
 
-def _json(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 def _payloads(item: RegistryEvent | Lagged) -> list[bytes]:
     if isinstance(item, Logged):
         return run_payloads(item, tail=True)
     if isinstance(item, Lagged):
-        return [_json({"type": "lagged", "missed": item.missed})]
-    return [_json(message) for message in event_json(item)]
+        return [dumps({"type": "lagged", "missed": item.missed})]
+    return [dumps(event_json(item))]
 
 
 class _Tail:
@@ -271,7 +265,7 @@ async def run_tail(
         except NoSuchClient:  # a tail may wait for a client that has not connected yet
             backlog = deque()
         missed = registry.missed_since(cursor, client) if since is not None else 0
-        current = _json({"type": "current", "last_seq": registry.last_seq})
+        current = dumps({"type": "current", "last_seq": registry.last_seq})
         async with anyio.create_task_group() as tg:
 
             def done(reason: tuple[int, str]) -> None:
@@ -283,7 +277,7 @@ async def run_tail(
             tg.start_soon(tail.ping, done)
             try:
                 if missed:
-                    await tail.send_payloads([_json({"type": "gap", "missed": missed})])
+                    await tail.send_payloads([dumps({"type": "gap", "missed": missed})])
                 while backlog:
                     await tail.send_payloads(_payloads(backlog.popleft()))
                 await tail.send_payloads([current])
