@@ -18,7 +18,8 @@ from ._consumer import (
     sort_entries,
 )
 from ._http import HttpServer
-from ._server import EventStream, Lagged, LogatronServer
+from ._server import LogatronServer
+from ._stream import EventStream, Lagged
 from ._tail import TailOptions
 
 __all__ = (

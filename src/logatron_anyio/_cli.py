@@ -54,7 +54,8 @@ from ._consumer import (
     sort_entries,
 )
 from ._http import HttpServer
-from ._server import Lagged, LogatronServer
+from ._server import LogatronServer
+from ._stream import Lagged
 
 __all__ = ["main"]
 

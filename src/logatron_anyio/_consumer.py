@@ -46,7 +46,7 @@ from logatron_core import (
     StateSet,
 )
 
-from ._server import Lagged
+from ._stream import Lagged
 
 __all__ = [
     "BadResponse",

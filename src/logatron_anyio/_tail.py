@@ -42,7 +42,7 @@ from wsproto.utilities import LocalProtocolError as WebSocketLocalProtocolError
 from logatron_core import Logged, NoSuchClient, Registry, RegistryEvent
 
 from ._api import dumps, event_json, run_payloads
-from ._server import EventStream, Lagged
+from ._stream import EventStream, Lagged
 
 __all__ = [
     "DEFAULT_TAIL_QUEUE_LINES",
