@@ -90,12 +90,7 @@ def serve(backend: str, profile_to: str | None) -> None:
     async def main() -> None:
         registry = Registry()
         tcp = LogatronServer("127.0.0.1", 0, registry=registry)
-        http = HttpServer(
-            registry,
-            "127.0.0.1",
-            0,
-            connection_stats=lambda: (tcp.connections, tcp.replies_dropped),
-        )
+        http = HttpServer(registry, "127.0.0.1", 0)
         async with anyio.create_task_group() as tg:
             await tg.start(tcp.serve)
             await tg.start(http.serve)
@@ -109,7 +104,7 @@ def serve(backend: str, profile_to: str | None) -> None:
                 "lines_received": stats.lines_received,
                 "tail_lagged_lines": http.tail_options.lagged_total,
                 "tail_subscribers": http.tail_options.subscribers,
-                "replies_dropped": tcp.replies_dropped,
+                "replies_dropped": stats.replies_dropped,
                 "cpu_seconds": round(time.process_time(), 3),
             }
             print(json.dumps(counters), flush=True)

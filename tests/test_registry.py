@@ -9,7 +9,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from logatron_core import (
     ClientClosed,
-    ClientHandle,
+    ClientExpired,
     ClientReady,
     Logged,
     NameTaken,
@@ -50,7 +50,6 @@ class RegistryMachine(RuleBasedStateMachine):
         self.events: list[RegistryEvent] = []
         self.registry.subscribe(self.events.append)
         self.expected_events: list[RegistryEvent] = []
-        self.handles: dict[str, ClientHandle] = {}
         self.model: dict[str, ModelClient] = {}
         self.retained: list[str] = []  # oldest first
         self.now = 1000.0
@@ -62,7 +61,9 @@ class RegistryMachine(RuleBasedStateMachine):
             assert oldest.disconnected_at is not None
             if len(self.retained) <= MAX_RETAINED and self.now - oldest.disconnected_at < RETENTION:
                 break
-            del self.model[self.retained.pop(0)]
+            name = self.retained.pop(0)
+            del self.model[name]
+            self.expected_events.append(ClientExpired(name, self.now))
 
     @rule(name=NAMES)
     def connect(self, name: str) -> None:
@@ -77,7 +78,7 @@ class RegistryMachine(RuleBasedStateMachine):
             with pytest.raises(TooManyClients):
                 self.registry.connect(name, self.now)
             return
-        self.handles[name] = self.registry.connect(name, self.now)
+        self.registry.connect(name, self.now)
         if client is None:
             self.model[name] = ModelClient()
         else:
@@ -90,7 +91,7 @@ class RegistryMachine(RuleBasedStateMachine):
         client = self.model.get(name)
         if client is None or not client.connected:
             return
-        self.registry.append(self.handles[name], messages, self.now)
+        self.registry.append(name, messages, self.now)
         if messages:
             self.expected_events.append(Logged(name, self.seq + 1, self.now, tuple(messages)))
         for message in messages:
@@ -107,9 +108,9 @@ class RegistryMachine(RuleBasedStateMachine):
             return
         if key not in client.state and len(client.state) >= MAX_KEYS:
             with pytest.raises(TooManyKeys):
-                self.registry.set_state(self.handles[name], key, value, self.now)
+                self.registry.set_state(name, key, value, self.now)
             return
-        self.registry.set_state(self.handles[name], key, value, self.now)
+        self.registry.set_state(name, key, value, self.now)
         client.state[key] = value
         self.expected_events.append(StateSet(name, key, value, self.now))
 
@@ -118,7 +119,7 @@ class RegistryMachine(RuleBasedStateMachine):
         client = self.model.get(name)
         if client is None:
             return
-        self.registry.disconnect(self.handles[name], self.now)
+        self.registry.disconnect(name, self.now)
         if client.connected:
             client.connected, client.disconnected_at = False, self.now
             self.retained.append(name)
@@ -136,7 +137,11 @@ class RegistryMachine(RuleBasedStateMachine):
         registry = self.registry
         assert registry.names() == sorted(self.model)
         assert registry.last_seq == self.seq
-        assert registry.connected_count == sum(c.connected for c in self.model.values())
+        stats = registry.stats
+        assert stats.connected == sum(c.connected for c in self.model.values())
+        assert stats.retained == len(self.retained)
+        oldest = self.model[self.retained[0]].disconnected_at if self.retained else None
+        assert registry.next_deadline() == (None if oldest is None else oldest + RETENTION)
         for name, expected in self.model.items():
             info = registry.client(name)
             assert info.connected == expected.connected
@@ -150,10 +155,15 @@ class RegistryMachine(RuleBasedStateMachine):
         assert self.events == self.expected_events
         for since in {0, self.seq // 2, max(0, self.seq - 2), self.seq}:
             buffered = sum(1 for c in self.model.values() for seq, _ in c.log if seq > since)
-            assert registry.missed_since(since) == self.seq - since - buffered
+            snapshot = registry.snapshot(since)
+            assert snapshot.missed == self.seq - since - buffered
+            assert snapshot.last_seq == self.seq
+            assert [e.seq for run in snapshot.runs for e in run.entries()] == sorted(
+                seq for c in self.model.values() for seq, _ in c.log if seq > since
+            )
             for name, expected in self.model.items():
                 exact = sum(1 for seq in expected.evicted_seqs if seq > since)
-                bound = registry.missed_since(since, name)
+                bound = registry.snapshot(since, name).missed
                 assert bound >= exact and (bound == 0) == (exact == 0)
         recent = registry.recent()
         assert [e.seq for e in recent] == sorted(e.seq for e in recent)
@@ -165,19 +175,23 @@ test_registry_matches_model = RegistryMachine.TestCase
 
 def test_unknown_name_raises_no_such_client_a_key_error() -> None:
     registry = Registry()
-    for query in (registry.client, registry.log, registry.state, registry.oldest_seq):
+    for query in (registry.client, registry.log, registry.state):
         with pytest.raises(NoSuchClient) as raised:
             query("ghost")
         assert isinstance(raised.value, KeyError)
     with pytest.raises(NoSuchClient):
         registry.recent(client="ghost")
+    with pytest.raises(NoSuchClient):
+        registry.snapshot(client="ghost")
+    with pytest.raises(NoSuchClient):
+        registry.newest("ghost", 1)
 
 
 def test_results_are_copies() -> None:
     registry = Registry()
-    handle = registry.connect("a", 1.0)
-    registry.set_state(handle, "k", "v", 1.0)
-    registry.append(handle, ["one"], 1.0)
+    registry.connect("a", 1.0)
+    registry.set_state("a", "k", "v", 1.0)
+    registry.append("a", ["one"], 1.0)
     registry.state("a")["k"] = "changed"
     registry.client("a").state["k"] = "changed"
     registry.client("a").log.clear()
@@ -197,8 +211,8 @@ def test_a_raising_subscriber_breaks_neither_ingest_nor_other_subscribers() -> N
 
     registry.subscribe(broken)
     registry.subscribe(seen.append)
-    handle = registry.connect("a", 1.0)
-    registry.append(handle, ["x"], 2.0)
+    registry.connect("a", 1.0)
+    registry.append("a", ["x"], 2.0)
     assert [type(e) for e in seen] == [ClientReady, Logged]
     assert registry.stats.subscriber_errors == 2
     assert [e.message for e in registry.log("a")] == ["x"]
@@ -212,15 +226,15 @@ def test_unsubscribe_stops_events() -> None:
     unsubscribe()
     unsubscribe()  # idempotent
     registry.connect("b", 1.0)
-    assert len(seen) == 1 and registry.subscriber_count == 0
+    assert len(seen) == 1 and registry.stats.subscribers == 0
 
 
 def test_logged_event_expands_to_entries() -> None:
     registry = Registry()
     seen: list[RegistryEvent] = []
     registry.subscribe(seen.append)
-    handle = registry.connect("a", 1.0)
-    registry.append(handle, ["x", "y"], 2.0)
+    registry.connect("a", 1.0)
+    registry.append("a", ["x", "y"], 2.0)
     logged = seen[-1]
     assert isinstance(logged, Logged) and logged.last_seq == 2
     assert [(e.client, e.seq, e.message) for e in logged.entries()] == [
@@ -231,27 +245,28 @@ def test_logged_event_expands_to_entries() -> None:
 
 def test_log_since_and_limit_page_forward() -> None:
     registry = Registry(buffer_size=10)
-    handle = registry.connect("a", 1.0)
-    registry.append(handle, [str(i) for i in range(1, 8)], 1.0)
+    registry.connect("a", 1.0)
+    registry.append("a", [str(i) for i in range(1, 8)], 1.0)
     assert [e.seq for e in registry.log("a", since=2, limit=3)] == [3, 4, 5]
     assert [e.seq for e in registry.log("a", since=5)] == [6, 7]
-    assert registry.oldest_seq("a") == 1
+    assert [run.first_seq for run in registry.newest("a", 10)] == [1]
 
 
 def test_log_limit_keeps_the_newest_lines() -> None:
     registry = Registry()
-    handle = registry.connect("a", 1.0)
-    registry.append(handle, ["1", "2", "3"], 1.0)
+    registry.connect("a", 1.0)
+    registry.append("a", ["1", "2", "3"], 1.0)
     assert [e.message for e in registry.client("a", log_limit=2).log] == ["2", "3"]
     assert registry.clients(log_limit=0)["a"].log == []
 
 
 def test_recent_merges_clients_by_seq() -> None:
     registry = Registry()
-    a, b = registry.connect("a", 1.0), registry.connect("b", 1.0)
-    registry.append(a, ["a1"], 1.0)
-    registry.append(b, ["b1", "b2"], 2.0)
-    registry.append(a, ["a2"], 3.0)
+    registry.connect("a", 1.0)
+    registry.connect("b", 1.0)
+    registry.append("a", ["a1"], 1.0)
+    registry.append("b", ["b1", "b2"], 2.0)
+    registry.append("a", ["a2"], 3.0)
     assert [e.message for e in registry.recent()] == ["a1", "b1", "b2", "a2"]
     assert [e.message for e in registry.recent(since=2, client="b")] == ["b2"]
     assert [e.message for e in registry.recent(since=1, limit=2)] == ["b1", "b2"]
@@ -259,19 +274,19 @@ def test_recent_merges_clients_by_seq() -> None:
 
 def test_zero_retention_forgets_on_close() -> None:
     for registry in (Registry(retention_seconds=0), Registry(max_retained=0)):
-        handle = registry.connect("a", 1.0)
-        registry.disconnect(handle, 2.0)
+        registry.connect("a", 1.0)
+        registry.disconnect("a", 2.0)
         assert registry.names() == []
 
 
 def test_reconnect_resumes_the_retained_record() -> None:
     registry = Registry()
-    handle = registry.connect("a", 1.0)
-    registry.append(handle, ["before"], 1.0)
-    registry.set_state(handle, "k", "v", 1.0)
-    registry.disconnect(handle, 2.0)
-    handle = registry.connect("a", 3.0)
-    registry.append(handle, ["after"], 3.0)
+    registry.connect("a", 1.0)
+    registry.append("a", ["before"], 1.0)
+    registry.set_state("a", "k", "v", 1.0)
+    registry.disconnect("a", 2.0)
+    registry.connect("a", 3.0)
+    registry.append("a", ["after"], 3.0)
     info = registry.client("a")
     assert [e.message for e in info.log] == ["before", "after"]
     assert info.state == {"k": "v"} and info.connected_at == 3.0
@@ -290,3 +305,41 @@ def test_reconnect_resumes_the_retained_record() -> None:
 def test_invalid_limits_are_refused(limits: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Registry(**limits)  # type: ignore[arg-type]
+
+
+def test_follow_splits_lines_between_snapshot_and_events_exactly() -> None:
+    registry = Registry(buffer_size=10)
+    registry.connect("a", 1.0)
+    registry.append("a", ["1", "2"], 1.0)
+    seen: list[RegistryEvent] = []
+    snapshot, unsubscribe = registry.follow(seen.append, since=1)
+    registry.append("a", ["3"], 2.0)
+    unsubscribe()
+    registry.append("a", ["4"], 3.0)
+    assert [e.seq for run in snapshot.runs for e in run.entries()] == [2]
+    assert snapshot.last_seq == 2 and snapshot.missed == 0
+    assert seen == [Logged("a", 3, 2.0, ("3",))]
+
+
+def test_follow_of_a_client_not_yet_connected_is_empty() -> None:
+    registry = Registry()
+    snapshot, unsubscribe = registry.follow(lambda event: None, since=0, client="later")
+    assert snapshot.runs == [] and snapshot.missed == 0
+    assert registry.stats.subscribers == 1
+    unsubscribe()
+
+
+def test_expiry_is_an_event_and_sets_the_next_deadline() -> None:
+    registry = Registry(retention_seconds=10.0)
+    seen: list[RegistryEvent] = []
+    registry.subscribe(seen.append)
+    assert registry.next_deadline() is None
+    registry.connect("a", 1.0)
+    registry.disconnect("a", 2.0)
+    assert registry.next_deadline() == 12.0
+    registry.expire(11.9)
+    assert registry.names() == ["a"]
+    registry.expire(12.0)
+    assert registry.names() == [] and registry.next_deadline() is None
+    assert seen[-1] == ClientExpired("a", 12.0)
+    assert registry.stats.clients_expired == 1

@@ -314,7 +314,7 @@ def test_a_peer_that_never_reads_does_not_slow_others(servers: Servers) -> None:
     running.wait_until(
         lambda registry: [entry.message for entry in registry.log("flooder")][-1:] == ["done"]
     )
-    assert running.server.replies_dropped > 0
+    assert running.server.registry.stats.replies_dropped > 0
     flooder.reset()
 
 
@@ -349,11 +349,11 @@ def test_a_thousand_concurrent_clients(servers: Servers) -> None:
                 else:
                     waiting[ready] = (index, got)
     assert not waiting, f"{len(waiting)} clients got no PONG"
-    assert running.query(lambda registry: registry.connected_count) == count
+    assert running.query(lambda registry: registry.stats.connected) == count
     assert messages(running, "c999") == ["hello 999"]
     for peer in peers:
         peer.close()
-    running.wait_until(lambda registry: registry.connected_count == 0, timeout=20)
+    running.wait_until(lambda registry: registry.stats.connected == 0, timeout=20)
 
 
 def test_ping_is_a_barrier(servers: Servers) -> None:

@@ -138,7 +138,7 @@ ERROR_CASES = [
 def test_error_codes_over_the_wire(
     limits: dict[str, int], max_line_bytes: int, lines: bytes, code: bytes, fatal: bool
 ) -> None:
-    registry = Registry(**limits)
+    registry = Registry(**limits)  # type: ignore[arg-type]
     with (
         LogatronServer(port=0, registry=registry, max_line_bytes=max_line_bytes) as running,
         peer(running) as first,
@@ -252,13 +252,13 @@ def test_a_peer_that_never_reads_slows_no_one(server: LogatronServer) -> None:
     thread = threading.Thread(target=flooder, daemon=True)
     thread.start()
     try:
-        wait_until(lambda: server.replies_dropped > 0)
+        wait_until(lambda: server.registry.stats.replies_dropped > 0)
         with LogatronClient("patient", port=server.port, timeout=TIMEOUT) as client:
             for _ in range(20):
                 started = time.monotonic()
                 client.ping()
                 assert time.monotonic() - started < 1.0
-        assert server.replies_dropped > 0
+        assert server.registry.stats.replies_dropped > 0
         for connection in list(server._connections.values()):
             assert len(connection.out) <= MAX_PENDING_REPLY_BYTES
     finally:
@@ -305,12 +305,12 @@ def test_a_thousand_concurrent_clients() -> None:
                 peers[-1].send(b"IAM c%d\nLOG hello from %d\nPING %d\n" % (i, i, i))
             for i, p in enumerate(peers):
                 assert p.line() == b"PONG %d" % i
-            assert running.registry.connected_count == count
+            assert running.registry.stats.connected == count
             assert running.connection_count == count
         finally:
             for p in peers:
                 p.close()
-        wait_until(lambda: running.registry.connected_count == 0)
+        wait_until(lambda: running.registry.stats.connected == 0)
         assert messages(running, "c999") == ["hello from 999"]
 
 
@@ -344,15 +344,17 @@ def test_retention_zero_forgets_the_client() -> None:
         wait_until(lambda: running.registry.names() == [])
 
 
-def test_the_loop_expires_retained_clients() -> None:
-    now = [1_000_000.0]
-    registry = Registry(retention_seconds=60)
-    with LogatronServer(port=0, registry=registry, clock=lambda: now[0]) as running:
+def test_the_loop_expires_retained_clients_at_the_registrys_deadline() -> None:
+    registry = Registry(retention_seconds=0.3)
+    with LogatronServer(port=0, registry=registry) as running:
         with LogatronClient("old", port=running.port, timeout=TIMEOUT) as client:
             client.ping()
-        wait_until(lambda: not registry.client("old").connected)
-        now[0] += 61  # no connection event follows: only the loop's tick can expire it
-        wait_until(lambda: registry.names() == [], timeout=3)
+        wait_until(lambda: running.call(lambda r: not r.client("old").connected))
+        deadline = running.call(lambda r: r.next_deadline())
+        assert deadline is not None
+        # No connection event follows: only the loop's deadline can expire it.
+        wait_until(lambda: running.call(lambda r: r.names()) == [], timeout=5)
+        assert time.time() >= deadline
 
 
 # -- starting and stopping ---------------------------------------------------------------------
@@ -368,7 +370,7 @@ def test_stop_delivers_close_events_and_is_idempotent() -> None:
             a.send(b"IAM a\nPING 1\n")
             b.send(b"IAM b\nLOG unfinished")
             assert a.line() == b"PONG 1"
-            wait_until(lambda: running.registry.connected_count == 2)
+            wait_until(lambda: running.registry.stats.connected == 2)
             running.stop()
             assert a.at_eof() and b.at_eof()
     finally:
@@ -421,7 +423,7 @@ def test_call_reads_the_registry_safely_while_peers_send(server: LogatronServer)
         stop.set()
         thread.join(TIMEOUT)
     server.stop()
-    assert server.call(lambda registry: registry.connected_count) == 0  # runs in this thread
+    assert server.call(lambda registry: registry.stats.connected) == 0  # runs in this thread
 
 
 def test_stop_before_serving_closes_the_listener() -> None:

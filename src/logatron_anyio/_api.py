@@ -13,6 +13,7 @@ from typing import Any
 
 from logatron_core import (
     ClientClosed,
+    ClientExpired,
     ClientInfo,
     ClientReady,
     ErrorCode,
@@ -70,7 +71,7 @@ def dumps(payload: Any) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def event_json(event: StateSet | ClientReady | ClientClosed) -> dict[str, Any]:
+def event_json(event: StateSet | ClientReady | ClientClosed | ClientExpired) -> dict[str, Any]:
     """The tail message for a registry event other than lines (those: ``run_payloads``)."""
     if isinstance(event, StateSet):
         return {
@@ -82,6 +83,8 @@ def event_json(event: StateSet | ClientReady | ClientClosed) -> dict[str, Any]:
         }
     if isinstance(event, ClientReady):
         return {"type": "ready", "client": event.name, "timestamp": event.timestamp}
+    if isinstance(event, ClientExpired):
+        return {"type": "expired", "client": event.name, "timestamp": event.timestamp}
     return {"type": "close", "client": event.name, "timestamp": event.timestamp}
 
 
@@ -94,18 +97,16 @@ def _metric(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, i
 def render_metrics(
     registry: Registry,
     *,
-    open_connections: int,
-    replies_dropped: int,
     tail_subscribers: int,
     tail_lagged_events: int,
 ) -> str:
     """The Prometheus text exposition format (version 0.0.4) of the server's counters."""
     stats = registry.stats
-    connected = registry.connected_count
-    retained = len(registry.names()) - connected
     errors = [(f'{{code="{code.value}"}}', stats.errors.get(code.value, 0)) for code in ErrorCode]
     families = [
-        _metric("logatron_connections", "gauge", "Open TCP connections.", [("", open_connections)]),
+        _metric(
+            "logatron_connections", "gauge", "Open TCP connections.", [("", stats.connections_open)]
+        ),
         _metric(
             "logatron_connections_total",
             "counter",
@@ -116,7 +117,13 @@ def render_metrics(
             "logatron_clients",
             "gauge",
             "Client records by status.",
-            [('{status="connected"}', connected), ('{status="retained"}', retained)],
+            [('{status="connected"}', stats.connected), ('{status="retained"}', stats.retained)],
+        ),
+        _metric(
+            "logatron_clients_expired_total",
+            "counter",
+            "Retained client records forgotten (past the retention age or count).",
+            [("", stats.clients_expired)],
         ),
         _metric(
             "logatron_lines_received_total",
@@ -147,13 +154,13 @@ def render_metrics(
             "logatron_replies_dropped_total",
             "counter",
             "Replies dropped for peers that do not read.",
-            [("", replies_dropped)],
+            [("", stats.replies_dropped)],
         ),
         _metric(
             "logatron_subscribers",
             "gauge",
             "Registry subscribers (tails and event streams).",
-            [("", registry.subscriber_count)],
+            [("", stats.subscribers)],
         ),
         _metric(
             "logatron_tail_subscribers",

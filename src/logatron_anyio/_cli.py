@@ -300,7 +300,6 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[
             values["host"],
             values["http_port"],
             token=values["token"],
-            connection_stats=lambda: (server.connections, server.replies_dropped),
         )
     )
     try:

@@ -7,7 +7,6 @@ There is no background task: replies are read when :meth:`LogatronClient.ping` w
 
 from __future__ import annotations
 
-import itertools
 import math
 from types import TracebackType
 
@@ -15,15 +14,11 @@ import anyio
 import anyio.abc
 
 from logatron_core import (
-    NEED_DATA,
     ClientConnection,
-    ConnectionClosed,
     ErrorReply,
     Identify,
     Log,
     LogatronError,
-    Ping,
-    Pong,
     RemoteProtocolError,
     ServerRefused,
     SetState,
@@ -32,8 +27,6 @@ from logatron_core import (
 __all__ = ["ConnectionLost", "LogatronClient", "ServerRefused", "connect"]
 
 _RECEIVE_BYTES = 65536
-_MAX_KEPT_ERRORS = 1000
-_tokens = itertools.count(1)
 
 
 class ConnectionLost(LogatronError):
@@ -43,21 +36,22 @@ class ConnectionLost(LogatronError):
 class LogatronClient:
     """One connection to a Logatron server, identified by ``name``; made by :func:`connect`.
 
-    ``errors`` holds the non-fatal ``ERR`` replies read so far (the latest 1,000).
+    ``errors`` holds the non-fatal ``ERR`` replies read so far (the latest
+    ``MAX_KEPT_ERRORS``).
     """
 
     def __init__(self, name: str, stream: anyio.abc.SocketStream) -> None:
         self.name = name
-        self.errors: list[ErrorReply] = []
         self._stream = stream
         self._connection = ClientConnection()
         self._send_lock = anyio.Lock()
         self._receive_lock = anyio.Lock()
-        self._waiting: set[str] = set()
-        self._pongs: set[str] = set()
-        self._refusal: ServerRefused | None = None
         self._lost = False
-        self._token_prefix = f"{id(self):x}-"
+
+    @property
+    def errors(self) -> list[ErrorReply]:
+        """The non-fatal ``ERR`` replies read so far (the latest ``MAX_KEPT_ERRORS``)."""
+        return list(self._connection.errors)
 
     async def log(self, *messages: str) -> None:
         """Send each message as a log line (a message with line breaks as several lines).
@@ -81,17 +75,16 @@ class LogatronClient:
         await self._ping(timeout, b"")
 
     async def _ping(self, timeout: float, before: bytes) -> None:  # noqa: ASYNC109
-        token = f"{self._token_prefix}{next(_tokens)}"
-        self._waiting.add(token)
+        connection = self._connection
+        token, ping = connection.ping()
         try:
             with anyio.fail_after(timeout):
-                await self._send(before + self._connection.send(Ping(token)))
+                await self._send(before + ping)
                 async with self._receive_lock:
-                    while token not in self._pongs:
+                    while not connection.pong_received(token):
                         await self._receive()
         finally:
-            self._waiting.discard(token)
-            self._pongs.discard(token)
+            connection.forget_ping(token)
 
     async def aclose(self) -> None:
         """Close the connection (lines not yet confirmed by a ping may be lost)."""
@@ -110,9 +103,9 @@ class LogatronClient:
         await self.aclose()
 
     def _raise_if_gone(self) -> None:
-        if self._refusal is not None:
-            raise self._refusal
-        if self._lost:
+        if self._connection.refusal is not None:
+            raise self._connection.refusal
+        if self._lost or self._connection.server_closed:
             raise ConnectionLost("the connection to the server is closed")
 
     async def _send(self, data: bytes) -> None:
@@ -133,27 +126,11 @@ class LogatronClient:
             data = b""
         connection = self._connection
         connection.receive_data(data)
-        while True:
-            try:
-                event = connection.next_event()
-            except RemoteProtocolError as error:
-                self._lost = True
-                raise ConnectionLost(f"unexpected reply from the server: {error}") from None
-            if event is NEED_DATA:
-                break
-            if isinstance(event, Pong):
-                if event.token in self._waiting:
-                    self._pongs.add(event.token)
-            elif isinstance(event, ErrorReply):
-                if event.code.fatal:
-                    self._refusal = ServerRefused(event.code, event.text)
-                else:
-                    self.errors.append(event)
-                    del self.errors[:-_MAX_KEPT_ERRORS]
-            else:
-                assert isinstance(event, ConnectionClosed)
-                self._lost = True
-                break
+        try:
+            connection.handle_replies()
+        except RemoteProtocolError as error:
+            self._lost = True
+            raise ConnectionLost(f"unexpected reply from the server: {error}") from None
         self._raise_if_gone()
 
 

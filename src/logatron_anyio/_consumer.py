@@ -39,6 +39,7 @@ from wsproto.utilities import RemoteProtocolError as WebSocketProtocolError
 
 from logatron_core import (
     ClientClosed,
+    ClientExpired,
     ClientInfo,
     ClientReady,
     LogatronError,
@@ -103,7 +104,9 @@ class Gap:
     missed: int
 
 
-TailEvent = LogEntry | ClientReady | StateSet | ClientClosed | Current | Gap | Lagged
+TailEvent = (
+    LogEntry | ClientReady | StateSet | ClientClosed | ClientExpired | Current | Gap | Lagged
+)
 
 
 def sort_entries(entries: Iterable[LogEntry]) -> list[LogEntry]:
@@ -146,6 +149,8 @@ def _tail_event(data: dict[str, Any]) -> TailEvent:
         return ClientReady(data["client"], float(data["timestamp"]))
     if kind == "close":
         return ClientClosed(data["client"], float(data["timestamp"]))
+    if kind == "expired":
+        return ClientExpired(data["client"], float(data["timestamp"]))
     if kind == "current":
         return Current(int(data["last_seq"]))
     if kind == "gap":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
@@ -133,8 +132,7 @@ class HttpServer:
     """The HTTP API, the WebSocket tail and the status page over one registry.
 
     ``token``: when set, every route but ``/healthz`` needs ``Authorization: Bearer <token>``
-    (or ``?token=<token>``, for browsers' WebSockets). ``connection_stats`` gives the TCP
-    server's (open connections, replies dropped) for ``/metrics``.
+    (or ``?token=<token>``, for browsers' WebSockets).
     """
 
     def __init__(
@@ -145,7 +143,6 @@ class HttpServer:
         *,
         token: str | None = None,
         tail_options: TailOptions | None = None,
-        connection_stats: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self.registry = registry
         self.host = host
@@ -153,7 +150,6 @@ class HttpServer:
         self.address: tuple[str, int] = (host, port)
         self._token = token.encode() if token else None
         self.tail_options = tail_options or TailOptions()
-        self._connection_stats = connection_stats or (lambda: (registry.connected_count, 0))
         self._page = _status_page()
         self.open_connections = 0
 
@@ -299,11 +295,8 @@ class HttpServer:
         if path == "/":
             return _Reply(200, self._page, "text/html; charset=utf-8")
         if path == "/metrics":
-            connections, dropped = self._connection_stats()
             text = render_metrics(
                 registry,
-                open_connections=connections,
-                replies_dropped=dropped,
                 tail_subscribers=self.tail_options.subscribers,
                 tail_lagged_events=self.tail_options.lagged_total,
             )
@@ -337,8 +330,8 @@ class HttpServer:
         so a large answer never stalls ingest or the tails."""
         since = query.integer("since", 0) or 0
         limit = query.integer("limit", 1)
-        last_seq = self.registry.last_seq
-        runs = self.registry.backlog(since, client)
+        snapshot = self.registry.snapshot(since, client)
+        runs, last_seq = snapshot.runs, snapshot.last_seq
         entries: list[bytes] = []
         since_checkpoint = 0
         for run in runs:
@@ -359,7 +352,7 @@ class HttpServer:
         buffer answers without stalling the server for long."""
         registry = self.registry
         summary = dumps(client_json(registry.client(name, log_limit=0)))
-        runs = registry.backlog(0, name) if lines is None else registry.newest(name, lines)
+        runs = registry.snapshot(0, name).runs if lines is None else registry.newest(name, lines)
         log = b",".join(payload for run in runs for payload in run_payloads(run))
         assert summary.endswith(b'"log":[]}')  # client_json puts the log last
         return summary[: -len(b"[]}")] + b"[" + log + b"]}"
@@ -371,7 +364,7 @@ class HttpServer:
         if not is_valid_name(name):
             raise _HttpError(400, "bad-request", f"invalid client name: {name!r}")
         try:
-            self.registry.oldest_seq(name)
+            self.registry.newest(name, 0)
         except NoSuchClient:
             raise _HttpError(404, "no-such-client", f"no such client: {name}") from None
         return name

@@ -3,9 +3,12 @@
 Every protocol decision is the core's; this module moves bytes. Strategy, for speed: a
 connection reads with large receives (64 KiB) and hands each chunk to
 ``Session.receive_data`` at once, so the per-chunk overhead is spread over thousands of lines.
-Replies (``PONG``/``ERR``) go through a per-connection writer task fed by a buffer bounded in
-bytes (``MAX_PENDING_REPLY_BYTES``): a peer that never reads can neither slow its own reader nor
-anyone else; past the bound its replies are dropped and counted in ``replies_dropped``.
+Replies (``PONG``/``ERR``) wait in the session (bounded by the core, which drops and counts
+what a peer that never reads would pile up) and are written by a per-connection writer task, so
+such a peer can neither slow its own reader nor anyone else.
+
+Retention: one task sleeps until the registry's next deadline (``Registry.next_deadline``), and
+is woken early whenever a connection closes (a newly retained client may bring it forward).
 
 Shutdown: cancelling ``serve()`` closes every connection; each one's session is ended with
 ``receive_data(b"", now)`` so its ``ClientClosed`` event is delivered, whatever the reason the
@@ -15,19 +18,21 @@ connection ended.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from logatron_core import (
     MAX_LINE_BYTES,
-    MAX_PENDING_REPLY_BYTES,
+    ErrorReply,
+    Identified,
     Registry,
     Session,
+    SessionEvent,
 )
 
 from ._accept import serve_listener
@@ -49,62 +54,41 @@ RECEIVE_BYTES = 64 * 1024
 # does not read, before the socket is closed anyway.
 CLOSE_GRACE_SECONDS = 2.0
 
-# How often retained clients past their retention are forgotten.
-EXPIRE_INTERVAL_SECONDS = 1.0
 
+class _Writer:
+    """A connection's writer task: writes the session's replies (bounded in the core) as they
+    come, and the last ones once the reader is done, within a grace period."""
 
-class _Replies:
-    """The bounded buffer of reply bytes between a connection's reader and its writer task."""
+    __slots__ = ("_finished", "_session", "_wakeup")
 
-    __slots__ = ("_receive", "_send", "_server", "pending")
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._wakeup = anyio.Event()
+        self._finished = False
 
-    def __init__(self, server: LogatronServer) -> None:
-        self._server = server
-        self.pending = 0
-        send, receive = anyio.create_memory_object_stream[bytes](float("inf"))
-        self._send: MemoryObjectSendStream[bytes] = send
-        self._receive: MemoryObjectReceiveStream[bytes] = receive
-
-    def put(self, reply: bytes) -> None:
-        """Queue ``reply`` (whole lines) without waiting; the lines past the bound are dropped
-        and counted in the server's ``replies_dropped``."""
-        room = MAX_PENDING_REPLY_BYTES - self.pending
-        if len(reply) > room:
-            cut = reply.rfind(b"\n", 0, room) + 1
-            self._server.replies_dropped += reply.count(b"\n", cut)
-            reply = reply[:cut]
-            if not reply:
-                return
-        try:
-            self._send.send_nowait(reply)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return  # the writer gave up: the peer is gone
-        self.pending += len(reply)
+    def wake(self) -> None:
+        """Replies are waiting (or the reader is done)."""
+        self._wakeup.set()
 
     def finish(self) -> None:
-        """No more replies: the writer sends what is queued, then ends."""
-        self._send.close()
+        """No more replies will come: write what waits, then end."""
+        self._finished = True
+        self._wakeup.set()
 
-    async def write_all(self, stream: anyio.abc.SocketStream) -> None:
-        """The writer task: send queued replies, joined, until ``finish()`` or a broken peer."""
-        receive = self._receive
-        with receive:
-            async for reply in receive:
-                parts = [reply]
-                while True:
-                    try:
-                        parts.append(receive.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                    except anyio.EndOfStream:
-                        break
-                data = b"".join(parts)
+    async def run(self, stream: anyio.abc.SocketStream) -> None:
+        session = self._session
+        while True:
+            data = session.data_to_send()
+            if data:
                 try:
                     await stream.send(data)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    return
-                finally:
-                    self.pending -= len(data)
+                    return  # the peer is gone; the reader will see it too
+                continue  # more may have come meanwhile
+            if self._finished:
+                return
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
 
 
 def _format_address(address: tuple[str, int]) -> str:
@@ -137,8 +121,7 @@ class LogatronServer:
         self.max_line_bytes = max_line_bytes
         self.clock = clock
         self.address: tuple[str, int] = (host, port)
-        self.replies_dropped = 0  # reply lines (PONG, ERR) dropped for peers that do not read
-        self.connections = 0  # open right now
+        self._retention_changed: anyio.Event | None = None
 
     def events(self, max_queue: int = 1000, *, client: str | None = None) -> EventStream:
         """Registry events from now on (of every client, or ``client``'s), through a queue of
@@ -163,8 +146,9 @@ class LogatronServer:
             assert isinstance(bound, tuple)
             self.address = (str(bound[0]), int(bound[1]))
             self.port = self.address[1]
+            self._retention_changed = anyio.Event()
             tg.start_soon(serve_listener, listener, self._handle, logger)
-            tg.start_soon(self._expire_loop)
+            tg.start_soon(self._expire_at_deadlines)
             logger.info(
                 "listening on %s",
                 _format_address(self.address),
@@ -172,15 +156,20 @@ class LogatronServer:
             )
             task_status.started(self.address)
 
-    async def _expire_loop(self) -> None:
+    async def _expire_at_deadlines(self) -> None:
+        """Sleep until the registry's next deadline (or a connection closes), then expire."""
+        registry = self.registry
         while True:
-            await anyio.sleep(EXPIRE_INTERVAL_SECONDS)
-            self.registry.expire(self.clock())
+            deadline = registry.next_deadline()
+            delay = math.inf if deadline is None else max(0.0, deadline - self.clock())
+            changed = self._retention_changed = anyio.Event()
+            with anyio.move_on_after(delay):
+                await changed.wait()
+            registry.expire(self.clock())
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         session = Session(self.registry, max_line_bytes=self.max_line_bytes)
         peer = "?"
-        self.connections += 1
         try:
             raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
             try:
@@ -189,13 +178,13 @@ class LogatronServer:
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass  # the peer is gone already: the first receive will say so
-            replies = _Replies(self)
+            writer = _Writer(session)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(replies.write_all, stream)
+                tg.start_soon(writer.run, stream)
                 try:
-                    await self._read_loop(stream, session, replies, peer)
+                    await self._read_loop(stream, session, writer, peer)
                 finally:
-                    replies.finish()
+                    writer.finish()
                 # The writer flushes the last replies (a fatal ERR), within a grace period.
                 tg.cancel_scope.deadline = anyio.current_time() + CLOSE_GRACE_SECONDS
         except Exception as error:  # a bug here must never take the whole server down
@@ -205,8 +194,6 @@ class LogatronServer:
                 extra={"event": "connection-failed", "peer": peer, "error": repr(error)},
             )
         finally:
-            self.connections -= 1
-            name = session.name
             if not session.closed:
                 try:
                     session.receive_data(b"", self.clock())
@@ -216,64 +203,65 @@ class LogatronServer:
                         peer,
                         extra={"event": "connection-failed", "peer": peer, "error": repr(error)},
                     )
-            if name is not None:
+            if self._retention_changed is not None:
+                self._retention_changed.set()
+            if session.name is not None:
                 logger.info(
                     "client %s disconnected (%s)",
-                    name,
+                    session.name,
                     peer,
-                    extra={"event": "client-closed", "client": name, "peer": peer},
+                    extra={"event": "client-closed", "client": session.name, "peer": peer},
                 )
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
 
     async def _read_loop(
-        self, stream: anyio.abc.SocketStream, session: Session, replies: _Replies, peer: str
+        self, stream: anyio.abc.SocketStream, session: Session, writer: _Writer, peer: str
     ) -> None:
         receive = stream.receive
         feed = session.receive_data
         clock = self.clock
-        named = False
         while True:
             try:
                 data = await receive(RECEIVE_BYTES)
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 data = b""
-            reply = feed(data, clock())
-            if reply:
-                replies.put(reply)
-                if b"ERR " in reply:
-                    _log_errors(reply, session.name, peer)
-            if not named and session.name is not None:
-                named = True
-                logger.info(
-                    "client %s connected (%s)",
-                    session.name,
-                    peer,
-                    extra={"event": "client-ready", "client": session.name, "peer": peer},
-                )
+            events = feed(data, clock())
+            if events:
+                _log_session_events(events, session.name, peer)
+            if session.has_replies:
+                writer.wake()
             if session.closed or not data:
                 return
 
 
-def _log_errors(reply: bytes, name: str | None, peer: str) -> None:
-    """One log record per reply chunk (not per ERR line: a flooding peer must not flood it)."""
-    if not logger.isEnabledFor(logging.INFO):
+def _log_session_events(events: Sequence[SessionEvent], name: str | None, peer: str) -> None:
+    """One record for the IAM, one per chunk for its errors (a flooding peer must not flood
+    the log)."""
+    errors = [event for event in events if isinstance(event, ErrorReply)]
+    for event in events:
+        if isinstance(event, Identified):
+            logger.info(
+                "client %s connected (%s)",
+                event.name,
+                peer,
+                extra={"event": "client-ready", "client": event.name, "peer": peer},
+            )
+    if not errors or not logger.isEnabledFor(logging.INFO):
         return
-    errors = [line for line in reply.decode("utf-8", "replace").splitlines() if line[:4] == "ERR "]
-    if not errors:
-        return
-    code = errors[0].split(" ", 2)[1]
+    first = errors[0]
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     logger.info(
-        "%s: %s%s",
+        "%s: ERR %s %s%s",
         name or peer,
-        errors[0],
+        first.code.value,
+        first.text,
         more,
         extra={
             "event": "error-reply",
             "client": name,
             "peer": peer,
-            "code": code,
+            "code": first.code.value,
             "count": len(errors),
         },
     )

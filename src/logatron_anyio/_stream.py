@@ -14,7 +14,7 @@ from types import TracebackType
 import anyio
 import anyio.lowlevel
 
-from logatron_core import Logged, Registry, RegistryEvent
+from logatron_core import Logged, LogSource, RegistryEvent, Snapshot
 
 __all__ = ["EventStream", "Lagged"]
 
@@ -35,7 +35,9 @@ def _weight(event: RegistryEvent) -> int:
 class EventStream:
     """Registry events through a bounded queue; an async iterator and an async context manager.
 
-    Subscribes at creation, to every client or to ``client`` only. The subscriber never waits:
+    Subscribes at creation, to every client or to ``client`` only; with ``since``, it also takes
+    ``source``'s snapshot after that cursor in the same step (``snapshot``), so that every line
+    is either in the snapshot or in the stream, never both. The subscriber never waits:
     when ``max_queue`` lines are queued (a run of lines counts its length, other events one),
     later events are dropped and the consumer then receives a :class:`Lagged` notice, in order,
     before the events kept after the drop. One event larger than the bound is still queued
@@ -55,15 +57,17 @@ class EventStream:
         "_queued",
         "_unsubscribe",
         "_wakeup",
+        "snapshot",
     )
 
     def __init__(
         self,
-        registry: Registry,
+        source: LogSource,
         max_queue: int = 1000,
         *,
         client: str | None = None,
         on_drop: Callable[[int], object] | None = None,
+        since: int | None = None,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, not {max_queue}")
@@ -75,7 +79,11 @@ class EventStream:
         self._missed = 0
         self._wakeup: anyio.Event | None = None
         self._closed = False
-        self._unsubscribe = registry.subscribe(self._put)
+        self.snapshot: Snapshot | None = None
+        if since is None:
+            self._unsubscribe = source.subscribe(self._put)
+        else:
+            self.snapshot, self._unsubscribe = source.follow(self._put, since, client)
 
     def _put(self, event: RegistryEvent) -> None:
         if self._client is not None and event.name != self._client:

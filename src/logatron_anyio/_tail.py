@@ -1,9 +1,8 @@
 """The WebSocket tail: backlog after a cursor, ``current``, then live events.
 
-The seam between backlog and live is exact because nothing can run between the two steps:
-the tail subscribes to the registry and takes its backlog snapshot in one synchronous stretch,
-so every line is either in the snapshot (``seq`` at most the snapshot's newest) or delivered
-live afterwards, never both and never neither.
+The seam between backlog and live is exact because the store subscribes the tail and takes
+its snapshot in one step (``LogSource.follow``): every line is either in the snapshot (``seq``
+at most the snapshot's newest) or delivered live afterwards, never both and never neither.
 
 Ingest never waits for a tail: its subscriber is an :class:`EventStream`, a queue bounded in
 *lines*; past the bound, lines are dropped and counted, and the reader gets one
@@ -39,7 +38,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError as WebSocketLocalProtocolError
 
-from logatron_core import Logged, NoSuchClient, Registry, RegistryEvent
+from logatron_core import Logged, LogSource, NoSuchClient, RegistryEvent
 
 from ._api import dumps, event_json, run_payloads
 from ._stream import EventStream, Lagged
@@ -231,10 +230,33 @@ class _Tail:
                 pass
 
 
+def _backlog(
+    source: LogSource, events: EventStream, since: int | None, client: str | None
+) -> tuple[deque[Logged], int, int]:
+    """The runs to send before ``current``, the lines missed, and the seq ``current`` reports,
+    from the snapshot ``events`` took as it subscribed (runs shared, not copied line by line).
+
+    A cursor past the newest seq comes from before a restart of an in-memory server (seqs
+    began again at 1): then everything buffered up to the subscription is new to this reader.
+    """
+    snapshot = events.snapshot
+    assert snapshot is not None
+    if since is None or since <= snapshot.last_seq:
+        return deque(snapshot.runs), snapshot.missed if since is not None else 0, snapshot.last_seq
+    try:
+        runs = source.snapshot(0, client).runs
+    except NoSuchClient:
+        runs = []
+    # Runs are appended whole, so each is entirely before the subscription or entirely after
+    # it (and then delivered live).
+    kept = deque(run for run in runs if run.last_seq <= snapshot.last_seq)
+    return kept, 0, snapshot.last_seq
+
+
 async def run_tail(
     stream: anyio.abc.ByteStream,
     ws: WSConnection,
-    registry: Registry,
+    source: LogSource,
     *,
     client: str | None,
     since: int | None,
@@ -250,22 +272,16 @@ async def run_tail(
         raw_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TAIL_SEND_BUFFER_BYTES)
     tail = _Tail(stream, ws, options)
     events = EventStream(
-        registry, options.max_queue_lines, client=client, on_drop=options.count_dropped
+        source,
+        options.max_queue_lines,
+        client=client,
+        on_drop=options.count_dropped,
+        since=since or 0,
     )
     options.subscribers += 1
     try:
-        # Snapshot right after subscribing, with no await in between: the seam is exact. The
-        # snapshot is the registry's runs (shared, not copied line by line), encoded and sent
-        # one run at a time, so a large backlog neither stalls the server nor stays in memory.
-        # A cursor past the newest seq comes from before a restart of the server: seqs began
-        # again at 1, so everything buffered is new to this reader.
-        cursor = since if since is not None and since <= registry.last_seq else 0
-        try:
-            backlog = deque(registry.backlog(cursor, client))
-        except NoSuchClient:  # a tail may wait for a client that has not connected yet
-            backlog = deque()
-        missed = registry.missed_since(cursor, client) if since is not None else 0
-        current = dumps({"type": "current", "last_seq": registry.last_seq})
+        backlog, missed, last_seq = _backlog(source, events, since, client)
+        current = dumps({"type": "current", "last_seq": last_seq})
         async with anyio.create_task_group() as tg:
 
             def done(reason: tuple[int, str]) -> None:

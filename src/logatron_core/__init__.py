@@ -2,7 +2,9 @@
 
 Bytes in, events out, bytes back; no sockets, threads, event loops or clock reads (every call
 that needs the time takes ``now``). Adapters drive a :class:`Session` per connection against one
-shared :class:`Registry`; clients use :class:`ClientConnection` to encode what they send.
+shared :class:`Registry` (the policy) over a :class:`Store` (the data: a :class:`MemoryStore`
+by default); adapters read through the :class:`LogSource` interface. Clients use
+:class:`ClientConnection` to encode what they send and to follow the server's replies.
 """
 
 from ._client import ClientConnection, ClientState, split_message
@@ -23,9 +25,11 @@ from ._events import (
     NEED_DATA,
     ClientClosed,
     ClientEvent,
+    ClientExpired,
     ClientReady,
     ConnectionClosed,
     ErrorReply,
+    Identified,
     Identify,
     Log,
     LogEntry,
@@ -36,6 +40,7 @@ from ._events import (
     RegistryEvent,
     Rejected,
     ServerEvent,
+    SessionEvent,
     SetState,
     StateSet,
 )
@@ -47,12 +52,23 @@ from ._limits import (
     DEFAULT_MAX_STATE_KEYS,
     DEFAULT_RETENTION_SECONDS,
     MAX_ERROR_REPLIES_PER_RECEIVE,
+    MAX_KEPT_ERRORS,
     MAX_LINE_BYTES,
     MAX_NAME_LENGTH,
     MAX_PENDING_REPLY_BYTES,
 )
-from ._registry import ClientHandle, ClientInfo, Registry, RegistryStats, Subscriber
+from ._memory import MemoryStore
+from ._registry import Registry
 from ._session import Session
+from ._store import (
+    ClientInfo,
+    LogSource,
+    RegistryStats,
+    Snapshot,
+    Store,
+    StoreReader,
+    Subscriber,
+)
 from ._wire import is_valid_name
 
 __all__ = (
@@ -62,6 +78,7 @@ __all__ = (
     "DEFAULT_MAX_STATE_KEYS",
     "DEFAULT_RETENTION_SECONDS",
     "MAX_ERROR_REPLIES_PER_RECEIVE",
+    "MAX_KEPT_ERRORS",
     "MAX_LINE_BYTES",
     "MAX_NAME_LENGTH",
     "MAX_PENDING_REPLY_BYTES",
@@ -69,7 +86,7 @@ __all__ = (
     "ClientClosed",
     "ClientConnection",
     "ClientEvent",
-    "ClientHandle",
+    "ClientExpired",
     "ClientInfo",
     "ClientReady",
     "ClientState",
@@ -77,13 +94,16 @@ __all__ = (
     "ConnectionState",
     "ErrorCode",
     "ErrorReply",
+    "Identified",
     "Identify",
     "LineBuffer",
     "LocalProtocolError",
     "Log",
     "LogEntry",
+    "LogSource",
     "LogatronError",
     "Logged",
+    "MemoryStore",
     "NameTaken",
     "NeedData",
     "NoSuchClient",
@@ -99,8 +119,12 @@ __all__ = (
     "ServerEvent",
     "ServerRefused",
     "Session",
+    "SessionEvent",
     "SetState",
+    "Snapshot",
     "StateSet",
+    "Store",
+    "StoreReader",
     "Subscriber",
     "TooManyClients",
     "TooManyKeys",

@@ -2,13 +2,20 @@
 
 ``send(event)`` validates first and changes nothing when it refuses (LocalProtocolError).
 A message can never inject a command: each of its lines goes out as its own ``LOG`` line.
+
+The client's policy lives here too, so every transport's client behaves alike:
+:meth:`ClientConnection.ping` hands out a fresh token, :meth:`ClientConnection.handle_replies`
+turns the parsed replies into state — which ``PING`` tokens are answered (``pong_received``),
+the server's refusal (a fatal ``ERR``: ``refusal``), the latest non-fatal errors (``errors``,
+at most ``MAX_KEPT_ERRORS``) and whether the server closed (``server_closed``).
 """
 
+import itertools
 import re
 from collections import deque
 from enum import Enum
 
-from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError, ServerRefused
 from ._events import (
     NEED_DATA,
     ClientEvent,
@@ -22,6 +29,7 @@ from ._events import (
     SetState,
 )
 from ._framing import LineBuffer, Piece
+from ._limits import MAX_KEPT_ERRORS
 from ._wire import encode_line, is_valid_name, single_line, split_command
 
 __all__ = ["ClientConnection", "ClientState", "split_message"]
@@ -44,14 +52,75 @@ class ClientState(Enum):
 class ClientConnection:
     """Protocol state of one connection, seen from the client."""
 
-    __slots__ = ("_events", "_framer", "_input_ended", "_pieces", "state")
+    __slots__ = (
+        "_answered",
+        "_awaited",
+        "_events",
+        "_framer",
+        "_input_ended",
+        "_pieces",
+        "_tokens",
+        "errors",
+        "refusal",
+        "server_closed",
+        "state",
+    )
 
     def __init__(self) -> None:
         self._framer = LineBuffer(_MAX_REPLY_BYTES)
         self._pieces: deque[Piece] = deque()
         self._events: deque[ClientEvent] = deque()
         self._input_ended = False
+        self._tokens = itertools.count(1)
+        self._awaited: set[str] = set()  # PING tokens sent and not yet answered
+        self._answered: set[str] = set()
         self.state = ClientState.AWAIT_IAM
+        self.errors: deque[ErrorReply] = deque(maxlen=MAX_KEPT_ERRORS)
+        self.refusal: ServerRefused | None = None  # the server's fatal ERR, once received
+        self.server_closed = False  # the server ended the connection
+
+    def ping(self) -> tuple[str, bytes]:
+        """A ``PING`` with a fresh token: (the token, the bytes to send). Raises
+        LocalProtocolError before ``IAM``. See :meth:`pong_received`."""
+        token = str(next(self._tokens))
+        data = self.send(Ping(token))
+        self._awaited.add(token)
+        return token, data
+
+    def pong_received(self, token: str) -> bool:
+        """True (once) when the ``PONG`` for ``token`` has been handled: every line sent
+        before its ``PING`` was applied by the server."""
+        if token in self._answered:
+            self._answered.discard(token)
+            return True
+        return False
+
+    def forget_ping(self, token: str) -> None:
+        """Stop waiting for ``token``'s ``PONG`` (after a timeout)."""
+        self._awaited.discard(token)
+        self._answered.discard(token)
+
+    def handle_replies(self) -> None:
+        """Apply every reply parsed so far to the client's state (see the module comment).
+
+        Raises RemoteProtocolError for a reply that is neither ``PONG`` nor a known ``ERR``.
+        """
+        while True:
+            event = self.next_event()
+            if event is NEED_DATA:
+                return
+            if isinstance(event, Pong):
+                if event.token in self._awaited:
+                    self._awaited.discard(event.token)
+                    self._answered.add(event.token)
+            elif isinstance(event, ErrorReply):
+                if event.code.fatal:
+                    self.refusal = ServerRefused(event.code, event.text)
+                else:
+                    self.errors.append(event)
+            else:
+                self.server_closed = True
+                return
 
     def send(self, event: Identify | Log | SetState | Ping) -> bytes:
         """The bytes for ``event``. Raises LocalProtocolError (nothing changes) when the name or

@@ -14,9 +14,11 @@ __all__ = [
     "NEED_DATA",
     "ClientClosed",
     "ClientEvent",
+    "ClientExpired",
     "ClientReady",
     "ConnectionClosed",
     "ErrorReply",
+    "Identified",
     "Identify",
     "Log",
     "LogEntry",
@@ -27,6 +29,7 @@ __all__ = [
     "RegistryEvent",
     "Rejected",
     "ServerEvent",
+    "SessionEvent",
     "SetState",
     "StateSet",
 ]
@@ -116,6 +119,21 @@ ServerEvent = Identify | Log | SetState | Ping | Rejected | ConnectionClosed
 ClientEvent = Pong | ErrorReply | ConnectionClosed
 
 
+# -- what a session tells its adapter ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Identified:
+    """The peer identified itself as ``name`` and the registry accepted it."""
+
+    name: str
+
+
+# What ``Session.receive_data`` reports (the ErrorReply events are the ERR lines answered), so
+# adapters log without parsing the reply bytes.
+SessionEvent = Identified | ErrorReply
+
+
 # -- stored data and registry events -----------------------------------------------------------
 
 
@@ -178,4 +196,12 @@ class ClientClosed:
     timestamp: float
 
 
-RegistryEvent = ClientReady | Logged | StateSet | ClientClosed
+@dataclass(frozen=True, slots=True)
+class ClientExpired:
+    """``name``'s retained record was forgotten (past the retention age or count)."""
+
+    name: str
+    timestamp: float
+
+
+RegistryEvent = ClientReady | Logged | StateSet | ClientClosed | ClientExpired

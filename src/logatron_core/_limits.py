@@ -11,6 +11,7 @@ __all__ = [
     "DEFAULT_MAX_STATE_KEYS",
     "DEFAULT_RETENTION_SECONDS",
     "MAX_ERROR_REPLIES_PER_RECEIVE",
+    "MAX_KEPT_ERRORS",
     "MAX_LINE_BYTES",
     "MAX_NAME_LENGTH",
     "MAX_PENDING_REPLY_BYTES",
@@ -48,3 +49,7 @@ DEFAULT_MAX_STATE_KEYS = 1024
 # dropped first. 0 for either gives the original's behaviour: forget a client when it closes.
 DEFAULT_RETENTION_SECONDS = 3600.0
 DEFAULT_MAX_RETAINED = 1000
+
+# Non-fatal ERR replies a client keeps (the latest ones); a server that answers every line with
+# an error must not grow a long-lived client's memory.
+MAX_KEPT_ERRORS = 1000

@@ -1,9 +1,21 @@
-"""One server-side connection driven against the shared registry: bytes in, reply bytes out.
+"""One server-side connection driven against the shared registry: bytes in, replies out.
 
 This is where the protocol's decisions that need the registry are made (``name-taken``,
-``too-many-clients``, ``too-many-keys``), so that every adapter stays a loop of
-``reply = session.receive_data(data, now)``, write ``reply``, close once ``session.closed``.
+``too-many-clients``, ``too-many-keys``), and where the replies to one peer wait to be written,
+so that every adapter stays a loop of::
+
+    events = session.receive_data(data, now)   # Identified / ErrorReply, for its log
+    write session.data_to_send()                # once the previous write has finished
+    close once session.closed and the last replies are written
+
+The replies waiting here are bounded by ``max_pending_reply_bytes`` (whole lines only): a peer
+that does not read gets the replies past it dropped and counted in the registry's
+``replies_dropped``, so it can neither make the server wait nor grow its memory. An adapter
+takes the replies with :meth:`Session.data_to_send` only once it has written the previous
+ones, so a peer costs at most twice the bound.
 """
+
+from collections.abc import Sequence
 
 from ._connection import ServerConnection
 from ._errors import ErrorCode, RegistryRefusal, RemoteProtocolError
@@ -11,99 +23,146 @@ from ._events import (
     NEED_DATA,
     ConnectionClosed,
     ErrorReply,
+    Identified,
     Identify,
     Log,
     Ping,
     Pong,
     Rejected,
+    SessionEvent,
     SetState,
 )
-from ._limits import MAX_ERROR_REPLIES_PER_RECEIVE, MAX_LINE_BYTES
-from ._registry import ClientHandle, Registry
+from ._limits import MAX_ERROR_REPLIES_PER_RECEIVE, MAX_LINE_BYTES, MAX_PENDING_REPLY_BYTES
+from ._registry import Registry
 
 __all__ = ["Session"]
 
+_NO_EVENTS: tuple[SessionEvent, ...] = ()
+
 
 class Session:
-    """The server's side of one TCP connection, from first byte to close."""
+    """The server's side of one TCP connection, from first byte to close.
 
-    __slots__ = ("_client", "_connection", "_error_replies", "_registry", "closed")
+    Counted in the registry's ``connections_open`` from creation until it is closed.
+    """
 
-    def __init__(self, registry: Registry, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+    __slots__ = (
+        "_connection",
+        "_error_replies",
+        "_events",
+        "_max_pending",
+        "_outgoing",
+        "_registry",
+        "closed",
+        "name",
+    )
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        max_line_bytes: int = MAX_LINE_BYTES,
+        max_pending_reply_bytes: int = MAX_PENDING_REPLY_BYTES,
+    ) -> None:
         self._registry = registry
         self._connection = ServerConnection(max_line_bytes=max_line_bytes)
-        self._client: ClientHandle | None = None
+        self._max_pending = max_pending_reply_bytes
+        self._outgoing = bytearray()
+        self._events: list[SessionEvent] = []
         self._error_replies = 0  # ERR lines answered in the current receive_data call
+        self.name: str | None = None  # the client's, once the registry has accepted it
         self.closed = False
+        registry.count_connection(+1)
 
-    @property
-    def name(self) -> str | None:
-        """The client's name once it has identified itself."""
-        return self._client.name if self._client else None
-
-    def receive_data(self, data: bytes, now: float) -> bytes:
-        """Apply the lines ``data`` completes and return the replies to write (maybe ``b""``).
+    def receive_data(self, data: bytes, now: float) -> Sequence[SessionEvent]:
+        """Apply the lines ``data`` completes; returns what happened that the adapter may log
+        (Identified, and an ErrorReply for each ERR line answered), in order.
 
         ``b""`` means the peer closed (or the connection broke): an unfinished last line is
-        applied and the client is disconnected. When ``closed`` is true afterwards, the caller
-        writes the reply and closes the connection; data after that is ignored. At most
-        ``MAX_ERROR_REPLIES_PER_RECEIVE`` ERR lines are answered per call (all are counted).
+        applied and the client is disconnected. Once ``closed`` is true the caller writes the
+        last replies (:meth:`data_to_send`) and closes the connection; data after that is
+        ignored. At most ``MAX_ERROR_REPLIES_PER_RECEIVE`` ERR lines are answered per call (all
+        are counted).
         """
         if self.closed:
-            return b""
+            return _NO_EVENTS
         connection = self._connection
         registry = self._registry
         registry.count_bytes(len(data))
         connection.receive_data(data)
-        replies: list[bytes] = []
         self._error_replies = 0
         while True:
             try:
                 event = connection.next_event()
             except RemoteProtocolError as error:
                 assert error.code is not None
-                self._refuse(error.code, error.detail, replies)
+                self._refuse(error.code, error.detail)
                 self._close(now)
                 break
             kind = type(event)
             if kind is Log:
-                assert isinstance(event, Log) and self._client is not None
-                registry.append(self._client, event.messages, now, event.truncated)
+                assert isinstance(event, Log) and self.name is not None
+                registry.append(self.name, event.messages, now, event.truncated)
             elif event is NEED_DATA:
                 break
             elif kind is SetState:
-                assert isinstance(event, SetState) and self._client is not None
+                assert isinstance(event, SetState) and self.name is not None
                 try:
-                    registry.set_state(self._client, event.key, event.value, now)
+                    registry.set_state(self.name, event.key, event.value, now)
                 except RegistryRefusal as refusal:
-                    self._refuse(refusal.code, refusal.detail, replies)
+                    self._refuse(refusal.code, refusal.detail)
             elif kind is Ping:
                 assert isinstance(event, Ping)
-                replies.append(connection.send(Pong(event.token)))
+                self._reply(connection.send(Pong(event.token)))
             elif kind is Rejected:
                 assert isinstance(event, Rejected)
-                self._refuse(event.code, event.detail, replies)
+                self._refuse(event.code, event.detail)
             elif kind is Identify:
                 assert isinstance(event, Identify)
                 try:
-                    self._client = registry.connect(event.name, now)
+                    registry.connect(event.name, now)
                 except RegistryRefusal as refusal:
-                    self._refuse(refusal.code, refusal.detail, replies)
+                    self._refuse(refusal.code, refusal.detail)
                     self._close(now)
                     break
+                self.name = event.name
+                self._events.append(Identified(event.name))
             else:
                 assert isinstance(event, ConnectionClosed)
                 self._close(now)
                 break
-        return b"".join(replies)
+        if not self._events:
+            return _NO_EVENTS
+        events, self._events = self._events, []
+        return events
 
-    def _refuse(self, code: ErrorCode, detail: str, replies: list[bytes]) -> None:
-        self._registry.count_error(self._client, code)
+    @property
+    def has_replies(self) -> bool:
+        """True while replies wait to be taken by :meth:`data_to_send`."""
+        return bool(self._outgoing)
+
+    def data_to_send(self) -> bytes:
+        """The reply bytes waiting to be written (whole lines), now handed to the caller."""
+        data = bytes(self._outgoing)
+        self._outgoing.clear()
+        return data
+
+    def _reply(self, line: bytes) -> None:
+        if len(self._outgoing) + len(line) > self._max_pending:
+            self._registry.count_replies_dropped(1)
+        else:
+            self._outgoing += line
+
+    def _refuse(self, code: ErrorCode, detail: str) -> None:
+        self._registry.count_error(self.name, code)
         if self._error_replies < MAX_ERROR_REPLIES_PER_RECEIVE or code.fatal:
             self._error_replies += 1
-            replies.append(self._connection.send(ErrorReply(code, detail)))
+            reply = ErrorReply(code, detail)
+            self._events.append(reply)
+            self._reply(self._connection.send(reply))
 
     def _close(self, now: float) -> None:
         self.closed = True
-        if self._client is not None:
-            self._registry.disconnect(self._client, now)
+        self._registry.count_connection(-1)
+        if self.name is not None:
+            self._registry.disconnect(self.name, now)

@@ -1,11 +1,11 @@
 """A blocking client: a socket driven by :class:`logatron_core.ClientConnection`.
 
-The core encodes every line (a multi-line message becomes several ``LOG`` lines) and parses
-the server's replies; this module only sends those bytes and reads replies when it waits for a
-``PONG``. Replies are read only then (and on close), so the cost of ``log()`` is one ``sendall``.
+The core encodes every line (a multi-line message becomes several ``LOG`` lines), parses the
+server's replies and keeps the client's state (PONG tokens answered, refusal, kept errors);
+this module only sends those bytes and reads replies when it waits for a ``PONG``. Replies are
+read only then (and on close), so the cost of ``log()`` is one ``sendall``.
 """
 
-import itertools
 import socket
 import time
 from collections.abc import Iterable
@@ -13,15 +13,11 @@ from types import TracebackType
 from typing import Self
 
 from logatron_core import (
-    NEED_DATA,
     ClientConnection,
-    ConnectionClosed,
     ErrorReply,
     Identify,
     Log,
     LogatronError,
-    Ping,
-    Pong,
     ServerRefused,
     SetState,
 )
@@ -49,11 +45,8 @@ class LogatronClient:
     ) -> None:
         self.name = name
         self.timeout = timeout
-        self.errors: list[ErrorReply] = []
         self._connection = ClientConnection()
         identify = self._connection.send(Identify(name))  # validates the name first
-        self._tokens = itertools.count(1)
-        self._refusal: ServerRefused | None = None
         self._ended = False  # the server closed its side
         self._sock: socket.socket | None = None
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -69,6 +62,11 @@ class LogatronClient:
     @property
     def closed(self) -> bool:
         return self._sock is None
+
+    @property
+    def errors(self) -> list[ErrorReply]:
+        """The non-fatal ``ERR`` replies read so far (the latest ``MAX_KEPT_ERRORS``)."""
+        return list(self._connection.errors)
 
     def log(self, message: str) -> None:
         """Send ``message``; each of its lines becomes one ``LOG`` line.
@@ -99,38 +97,34 @@ class LogatronClient:
         ConnectionError when it closed the connection, RemoteProtocolError for a reply that is
         neither ``PONG`` nor a known ``ERR``, RuntimeError after :meth:`close`.
         """
-        token = f"{next(self._tokens)}"
-        self._send(self._connection.send(Ping(token)))
+        connection = self._connection
+        token, data = connection.ping()
+        self._send(data)
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         sock = self._require_socket()
         while True:
-            event = self._connection.next_event()
-            if event is NEED_DATA:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"no PONG from the server within {wait} s")
-                sock.settimeout(remaining)
-                try:
-                    data = sock.recv(_RECV_BYTES)
-                except TimeoutError:
-                    raise TimeoutError(f"no PONG from the server within {wait} s") from None
-                except ConnectionResetError:
-                    data = b""
-                finally:
-                    sock.settimeout(self.timeout)
-                self._receive(data)
-            elif isinstance(event, Pong):
-                if event.token == token:
-                    return
-                # the answer to an earlier ping that timed out
-            elif isinstance(event, ErrorReply):
-                self._on_error(event)
-            else:
-                assert isinstance(event, ConnectionClosed)
-                if self._refusal is not None:
-                    raise self._refusal
+            connection.handle_replies()
+            if connection.pong_received(token):
+                return  # answered, even if a refusal followed (the next call raises it)
+            if connection.refusal is not None:
+                raise connection.refusal
+            if connection.server_closed:
                 raise ConnectionError("the server closed the connection")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                connection.forget_ping(token)
+                raise TimeoutError(f"no PONG from the server within {wait} s")
+            sock.settimeout(remaining)
+            try:
+                data = sock.recv(_RECV_BYTES)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                data = b""
+            finally:
+                sock.settimeout(self.timeout)
+            self._receive(data)
 
     def close(self) -> None:
         """Close the connection (idempotent). Replies already received are read first (their
@@ -144,7 +138,7 @@ class LogatronClient:
             sock.setblocking(False)
             while not self._ended:
                 self._receive(sock.recv(_RECV_BYTES))
-                self._drain_events()
+                self._connection.handle_replies()
         except (OSError, LogatronError):
             pass
         finally:
@@ -169,8 +163,8 @@ class LogatronClient:
         return self._sock
 
     def _send(self, data: bytes) -> None:
-        if self._refusal is not None:
-            raise self._refusal
+        if self._connection.refusal is not None:
+            raise self._connection.refusal
         sock = self._require_socket()
         try:
             sock.sendall(data)
@@ -183,20 +177,11 @@ class LogatronClient:
             self._ended = not data
             self._connection.receive_data(data)
 
-    def _on_error(self, error: ErrorReply) -> None:
-        if error.code.fatal:
-            self._refusal = ServerRefused(error.code, error.text)
-            raise self._refusal
-        self.errors.append(error)
-
-    def _drain_events(self) -> None:
-        """Read the replies already parsed (raises ServerRefused for a fatal one)."""
-        while True:
-            event = self._connection.next_event()
-            if event is NEED_DATA or isinstance(event, ConnectionClosed):
-                return
-            if isinstance(event, ErrorReply):
-                self._on_error(event)
+    def _handle_replies(self) -> None:
+        """Apply the replies read so far; raises ServerRefused once the server refused."""
+        self._connection.handle_replies()
+        if self._connection.refusal is not None:
+            raise self._connection.refusal
 
     def _notice_refusal(self) -> None:
         """After a failed send: raise ServerRefused (from the failure) if the server's last
@@ -212,4 +197,4 @@ class LogatronClient:
             pass
         finally:
             sock.settimeout(self.timeout)
-        self._drain_events()
+        self._handle_replies()

@@ -2,12 +2,12 @@
 
 Strategy: each connection is a non-blocking socket with a :class:`logatron_core.Session`; the
 loop only moves bytes. On readable it makes one large ``recv`` and hands the bytes to the
-session; the replies it gets back are sent at once when nothing is waiting, otherwise appended
-to the connection's outgoing buffer and written when the socket is writable. That buffer never
-holds more than ``MAX_PENDING_REPLY_BYTES``: replies past it are dropped and counted, so a peer
-that never reads can neither slow the others nor grow the server's memory. The registry is only
-ever touched from the loop's thread; other threads reach the loop through ``stop()`` and
-``call()``, which write one byte to a wake-up socket pair.
+session; the replies waiting in the session (bounded there: a peer that never reads gets the
+excess dropped and counted by the core) are sent at once when nothing else is being written,
+otherwise when the socket is writable. The loop sleeps in ``select`` until the registry's next
+deadline (retention expiry), or until an accept() paused for lack of descriptors may be retried.
+The registry is only ever touched from the loop's thread; other threads reach the loop through
+``stop()`` and ``call()``, which write one byte to a wake-up socket pair.
 """
 
 import errno
@@ -23,7 +23,7 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
-from logatron_core import MAX_LINE_BYTES, MAX_PENDING_REPLY_BYTES, Registry, Session
+from logatron_core import MAX_LINE_BYTES, ErrorReply, Identified, Registry, Session
 
 __all__ = ["LogatronServer"]
 
@@ -39,8 +39,9 @@ RECV_BYTES: Final = 256 * 1024
 # turn every few milliseconds; it grows back to RECV_BYTES once its turns are cheap again.
 TURN_SECONDS: Final = 0.005
 MIN_RECV_BYTES: Final = 4096
-# How often (seconds) the loop wakes on its own to expire retained clients.
-TICK_SECONDS: Final = 1.0
+# After an accept() failure for lack of descriptors, the listener is not selected for this long
+# (seconds), so a full descriptor table costs no busy loop and one log line per pause.
+ACCEPT_PAUSE_SECONDS: Final = 1.0
 # accept() failures that mean "not now" rather than "not this one".
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Connections accepted per readable event of the listener, so a connect storm cannot starve
@@ -52,13 +53,14 @@ _DRAIN_BYTES: Final = 64 * 1024
 
 
 class _Connection:
-    __slots__ = ("out", "recv_bytes", "session", "sock", "writing")
+    __slots__ = ("out", "peer", "recv_bytes", "session", "sock", "writing")
 
-    def __init__(self, sock: socket.socket, session: Session) -> None:
+    def __init__(self, sock: socket.socket, session: Session, peer: str) -> None:
         self.sock = sock
         self.session = session
+        self.peer = peer
         self.recv_bytes = RECV_BYTES  # adapted to the cost of this peer's input
-        self.out = bytearray()  # replies waiting for the socket to be writable
+        self.out = b""  # replies taken from the session, not yet all written
         self.writing = False  # registered for EVENT_WRITE too
 
 
@@ -89,12 +91,11 @@ class LogatronServer:
             raise ValueError("max_line_bytes must be at least 1")
         self.registry = registry if registry is not None else Registry()
         self.max_line_bytes = max_line_bytes
-        self.replies_dropped = 0
         self._clock = clock
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.create_server((host, port), family=family, backlog=4096)
         self._listener.setblocking(False)
-        self._accept_paused = False  # after an accept() failure, until the next tick
+        self._accept_paused_until: float | None = None  # monotonic; after an accept() failure
         self._address: tuple[str, int] = self._listener.getsockname()[:2]
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -228,12 +229,9 @@ class LogatronServer:
 
     def _loop(self, selector: selectors.BaseSelector) -> None:
         listener, wake_r = self._listener, self._wake_r
-        clock, registry = self._clock, self.registry
         read_event, write_event = selectors.EVENT_READ, selectors.EVENT_WRITE
-        next_tick = time.monotonic() + TICK_SECONDS
         while not self._stopping:
-            timeout = max(0.0, next_tick - time.monotonic())
-            for key, mask in selector.select(timeout):
+            for key, mask in selector.select(self._select_timeout()):
                 connection: _Connection | None = key.data
                 if connection is not None:
                     try:
@@ -252,40 +250,51 @@ class LogatronServer:
                     except OSError:
                         pass
                     self._run_calls()
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + TICK_SECONDS
-                if self._accept_paused:
-                    self._accept_paused = False
-                    selector.register(listener, read_event, None)
-                try:
-                    registry.expire(clock())
-                except Exception:
-                    _logger.exception("expiring retained clients failed")
+            self._on_deadlines(selector)
+
+    def _select_timeout(self) -> float | None:
+        """Until the registry's next deadline or the end of an accept pause (None: no timer)."""
+        timeouts: list[float] = []
+        deadline = self.registry.next_deadline()
+        if deadline is not None:
+            timeouts.append(deadline - self._clock())
+        if self._accept_paused_until is not None:
+            timeouts.append(self._accept_paused_until - time.monotonic())
+        return max(0.0, min(timeouts)) if timeouts else None
+
+    def _on_deadlines(self, selector: selectors.BaseSelector) -> None:
+        paused_until = self._accept_paused_until
+        if paused_until is not None and time.monotonic() >= paused_until:
+            self._accept_paused_until = None
+            selector.register(self._listener, selectors.EVENT_READ, None)
+        deadline = self.registry.next_deadline()
+        if deadline is not None and self._clock() >= deadline:
+            try:
+                self.registry.expire(self._clock())
+            except Exception:
+                _logger.exception("expiring retained clients failed")
 
     def _accept(self, selector: selectors.BaseSelector) -> None:
         for _ in range(ACCEPTS_PER_TICK):
             try:
-                sock, _address = self._listener.accept()
+                sock, address = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
                 if error.errno not in _OUT_OF_RESOURCES:
                     continue  # the peer gave up before it was accepted
-                # Out of descriptors: the listener stays readable, so stop selecting it until
-                # the next tick (no busy loop; one log line a tick at most).
-                if not self._accept_paused:
-                    _logger.warning("accept failed (retrying every tick): %s", error)
-                    selector.unregister(self._listener)
-                    self._accept_paused = True
+                # Out of descriptors: the listener stays readable, so stop selecting it for a
+                # while (no busy loop; one log line per pause).
+                _logger.warning("accept failed (retrying in %g s): %s", ACCEPT_PAUSE_SECONDS, error)
+                selector.unregister(self._listener)
+                self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_SECONDS
                 return
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                connection = _Connection(
-                    sock, Session(self.registry, max_line_bytes=self.max_line_bytes)
-                )
+                session = Session(self.registry, max_line_bytes=self.max_line_bytes)
+                connection = _Connection(sock, session, _format_address(address))
                 selector.register(sock, selectors.EVENT_READ, connection)
             except Exception:
                 _logger.exception("setting up a connection failed")
@@ -303,58 +312,47 @@ class LogatronServer:
             data = b""
         session = connection.session
         started = perf_counter()
-        reply = session.receive_data(data, self._clock())
+        events = session.receive_data(data, self._clock())
         elapsed = perf_counter() - started
         if elapsed > TURN_SECONDS:
             connection.recv_bytes = max(MIN_RECV_BYTES, int(recv_bytes * TURN_SECONDS / elapsed))
         elif recv_bytes < RECV_BYTES and elapsed < TURN_SECONDS / 2:
             connection.recv_bytes = min(RECV_BYTES, recv_bytes * 2)
-        if reply:
-            self._send(selector, connection, reply)
+        for event in events:
+            if isinstance(event, Identified):
+                _logger.info("client %s connected (%s)", event.name, connection.peer)
+            elif isinstance(event, ErrorReply) and event.code.fatal:
+                _logger.info("%s: ERR %s %s", connection.peer, event.code.value, event.text)
+        if session.has_replies and not connection.out:
+            self._write(selector, connection)
         if session.closed:
             self._close(selector, connection)
 
-    def _send(
-        self, selector: selectors.BaseSelector, connection: _Connection, reply: bytes
-    ) -> None:
-        """Send ``reply`` now if nothing is waiting, else queue it within the bound."""
-        out = connection.out
-        if not out:
+    def _write(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+        """Write what was taken from the session, then what waits there, without blocking;
+        select the socket for writing while some remains."""
+        while True:
+            out = connection.out or connection.session.data_to_send()
+            if not out:
+                break
             try:
-                sent = connection.sock.send(reply)
+                sent = connection.sock.send(out)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                return  # the peer is gone; reading will tell the session
-            if sent == len(reply):
-                return
-            reply = reply[sent:]
-        room = MAX_PENDING_REPLY_BYTES - len(out)
-        if len(reply) > room:
-            # Keep the whole replies that fit; a reply cut in two would corrupt the stream.
-            cut = reply.rfind(b"\n", 0, room) + 1 if room > 0 else 0
-            self.replies_dropped += reply.count(b"\n", cut)
-            reply = reply[:cut]
-        out += reply
-        if out and not connection.writing:
-            connection.writing = True
-            selector.modify(
-                connection.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, connection
-            )
+                connection.out = b""  # the peer is gone; reading will tell the session
+                break
+            connection.out = out[sent:]
+            if connection.out:
+                break
+        writing = bool(connection.out)
+        if writing != connection.writing:
+            connection.writing = writing
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
+            selector.modify(connection.sock, events, connection)
 
     def _on_writable(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
-        out = connection.out
-        try:
-            sent = connection.sock.send(out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            out.clear()  # the peer is gone; reading will tell the session
-            sent = 0
-        del out[:sent]
-        if not out:
-            connection.writing = False
-            selector.modify(connection.sock, selectors.EVENT_READ, connection)
+        self._write(selector, connection)
 
     def _close(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
         """Flush what can be sent without waiting, then close the connection."""
@@ -366,8 +364,9 @@ class LogatronServer:
         except (KeyError, ValueError):
             pass
         try:
-            if connection.out:
-                sock.send(connection.out)
+            out = connection.out + connection.session.data_to_send()
+            if out:
+                sock.send(out)
             sock.shutdown(socket.SHUT_WR)
             drained = 0
             while drained < _DRAIN_BYTES:
@@ -386,16 +385,15 @@ class LogatronServer:
             connection.session.receive_data(b"", self._clock())
         except Exception:
             _logger.exception("closing a failed session failed")
-        connection.out.clear()
+        connection.out = b""
+        connection.session.data_to_send()  # dropped: the connection failed
         self._close(selector, connection)
 
     def _shutdown(self, selector: selectors.BaseSelector) -> None:
         """End every connection as if its peer had closed, then close the listener."""
         for connection in list(self._connections.values()):
             try:
-                reply = connection.session.receive_data(b"", self._clock())
-                if reply and len(connection.out) + len(reply) <= MAX_PENDING_REPLY_BYTES:
-                    connection.out += reply
+                connection.session.receive_data(b"", self._clock())
             except Exception:
                 _logger.exception("closing a session failed")
             self._close(selector, connection)
@@ -432,3 +430,8 @@ class LogatronServer:
         self._listener.close()
         self._wake_r.close()
         self._wake_w.close()
+
+
+def _format_address(address: Any) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

@@ -1,0 +1,277 @@
+"""The in-memory store: every client's ring of recent lines, its state and its counters.
+
+Strategy: a client's log is a ring of *runs*: each run is the tuple of messages that arrived
+together, with its first seq and its timestamp (the seqs of a run are consecutive). Storing a
+run of a thousand lines is one ``deque.append``; eviction drops whole runs from the left and
+skips into the oldest one, so the per-line cost of storing is nil. A run longer than the buffer
+is sliced to its newest ``buffer_size`` messages first, so memory stays below twice the buffer.
+Results are built from the runs on demand and are always copies (runs themselves are immutable
+tuples and are shared). Retained clients are kept in disconnection order, so expiry looks only
+at the oldest.
+"""
+
+from collections import deque
+from collections.abc import Iterator
+from itertools import islice
+
+from ._errors import NameTaken, NoSuchClient, TooManyClients, TooManyKeys
+from ._events import LogEntry, Logged
+from ._store import ClientInfo, Snapshot
+
+__all__ = ["MemoryStore"]
+
+_Run = tuple[int, float, tuple[str, ...], bool]  # first seq, timestamp, messages, truncated
+
+
+class _Record:
+    """One client's record and ring of runs."""
+
+    __slots__ = (
+        "buffered",
+        "connected",
+        "connected_at",
+        "disconnected_at",
+        "errors",
+        "evicted_through",
+        "head_skip",
+        "lines_evicted",
+        "lines_received",
+        "name",
+        "runs",
+        "state",
+    )
+
+    def __init__(self, name: str, now: float) -> None:
+        self.name = name
+        self.runs: deque[_Run] = deque()
+        self.head_skip = 0  # messages of runs[0] already evicted
+        self.buffered = 0  # messages in the log
+        self.state: dict[str, str] = {}
+        self.connected = True
+        self.connected_at = now
+        self.disconnected_at: float | None = None
+        self.lines_received = 0
+        self.lines_evicted = 0
+        self.evicted_through = 0  # seq of the newest evicted line, 0 if none
+        self.errors = 0
+
+    def store(self, run: _Run, buffer_size: int) -> int:
+        """Append a run, evicting the oldest lines past ``buffer_size``; returns how many."""
+        first, timestamp, messages, truncated = run
+        count = len(messages)
+        if count >= buffer_size:
+            evicted = self.buffered + count - buffer_size
+            keep = count - buffer_size
+            if keep:
+                self.evicted_through = first + keep - 1
+            elif self.runs:
+                last_first, _, last_messages, _ = self.runs[-1]
+                self.evicted_through = last_first + len(last_messages) - 1
+            self.runs.clear()
+            self.runs.append((first + keep, timestamp, messages[keep:], truncated))
+            self.head_skip, self.buffered = 0, buffer_size
+            return evicted
+        self.runs.append(run)
+        self.buffered += count
+        evicted = overflow = self.buffered - buffer_size
+        while overflow > 0:
+            head_first, _, head_messages, _ = self.runs[0]
+            available = len(head_messages) - self.head_skip
+            if available > overflow:
+                self.head_skip += overflow
+                self.evicted_through = head_first + self.head_skip - 1
+                break
+            self.runs.popleft()
+            self.evicted_through = head_first + len(head_messages) - 1
+            self.head_skip = 0
+            overflow -= available
+        if evicted <= 0:
+            return 0
+        self.buffered = buffer_size
+        return evicted
+
+    def count_since(self, since: int) -> int:
+        """How many buffered lines have ``seq > since``."""
+        count, skip = 0, self.head_skip
+        for first, _, messages, _ in self.runs:
+            count += max(0, len(messages) - max(skip, since - first + 1))
+            skip = 0
+        return count
+
+    def backlog(self, since: int = 0) -> Iterator[Logged]:
+        """The buffered runs, cut to the lines with ``seq > since``, oldest first."""
+        name, skip = self.name, self.head_skip
+        for first, timestamp, messages, truncated in self.runs:
+            start = max(skip, since - first + 1)
+            skip = 0
+            if start < len(messages):
+                kept = messages[start:] if start > 0 else messages
+                yield Logged(name, first + start, timestamp, kept, truncated)
+
+    def newest(self, count: int) -> list[Logged]:
+        """The newest ``count`` buffered lines as runs, oldest first (no work for the others)."""
+        if count <= 0:
+            return []
+        remaining = count
+        for index in range(len(self.runs) - 1, -1, -1):
+            first, _, messages, _ = self.runs[index]
+            available = len(messages) - (self.head_skip if index == 0 else 0)
+            if available >= remaining:
+                return list(self.backlog(first + len(messages) - remaining - 1))
+            remaining -= available
+        return list(self.backlog())
+
+    def missed_since(self, since: int) -> int:
+        """An upper bound of this client's lines with ``seq > since`` that were evicted (the
+        seq of every evicted line is not kept)."""
+        if since >= self.evicted_through:
+            return 0
+        return min(self.lines_evicted, self.evicted_through - since)
+
+    def info(self, runs: Iterator[Logged] | list[Logged]) -> ClientInfo:
+        return ClientInfo(
+            self.name,
+            self.connected,
+            self.connected_at,
+            self.disconnected_at,
+            dict(self.state),
+            [entry for run in runs for entry in run.entries()],
+            self.lines_received,
+            self.lines_evicted,
+            self.errors,
+        )
+
+
+class MemoryStore:
+    """The embedded store (see :class:`~logatron_core.Store` for the contract of each call).
+
+    Not thread-safe: one thread (or one event loop) owns it.
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[str, _Record] = {}
+        self._retained: dict[str, None] = {}  # disconnected names, oldest first
+        self._connected = 0
+        self._last_seq = 0
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def connect(self, name: str, now: float, max_clients: int) -> None:
+        record = self._records.get(name)
+        if record is not None and record.connected:
+            raise NameTaken(f"{name} is already connected")
+        if self._connected >= max_clients:
+            raise TooManyClients(f"the server holds its limit of {max_clients} clients")
+        if record is None:
+            self._records[name] = _Record(name, now)
+        else:
+            del self._retained[name]
+            record.connected, record.connected_at, record.disconnected_at = True, now, None
+        self._connected += 1
+
+    def append(
+        self,
+        name: str,
+        messages: tuple[str, ...],
+        now: float,
+        truncated: bool,
+        buffer_size: int,
+    ) -> tuple[int, int]:
+        record = self._records[name]
+        first = self._last_seq + 1
+        count = len(messages)
+        self._last_seq += count
+        evicted = record.store((first, now, messages, truncated), buffer_size)
+        record.lines_received += count
+        if evicted:
+            record.lines_evicted += evicted
+        return first, evicted
+
+    def set_state(self, name: str, key: str, value: str, max_keys: int) -> None:
+        state = self._get(name).state
+        if key not in state and len(state) >= max_keys:
+            raise TooManyKeys(f"{name} holds its limit of {max_keys} keys")
+        state[key] = value
+
+    def disconnect(self, name: str, now: float) -> bool:
+        record = self._get(name)
+        if not record.connected:
+            return False
+        record.connected, record.disconnected_at = False, now
+        self._connected -= 1
+        self._retained[name] = None
+        return True
+
+    def expire(self, now: float, retention_seconds: float, max_retained: int) -> list[str]:
+        retained, records = self._retained, self._records
+        forgotten: list[str] = []
+        while retained:
+            oldest = next(iter(retained))
+            disconnected_at = records[oldest].disconnected_at
+            assert disconnected_at is not None
+            if len(retained) <= max_retained and now - disconnected_at < retention_seconds:
+                break
+            del retained[oldest]
+            del records[oldest]
+            forgotten.append(oldest)
+        return forgotten
+
+    def oldest_disconnect(self) -> float | None:
+        if not self._retained:
+            return None
+        return self._records[next(iter(self._retained))].disconnected_at
+
+    def count_error(self, name: str) -> None:
+        self._get(name).errors += 1
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def counts(self) -> tuple[int, int]:
+        return self._connected, len(self._retained)
+
+    def names(self) -> list[str]:
+        return sorted(self._records)
+
+    def client(self, name: str, *, log_limit: int | None = None) -> ClientInfo:
+        record = self._get(name)
+        return record.info(record.backlog() if log_limit is None else record.newest(log_limit))
+
+    def clients(self, *, log_limit: int | None = None) -> dict[str, ClientInfo]:
+        return {name: self.client(name, log_limit=log_limit) for name in self.names()}
+
+    def log(self, name: str, since: int = 0, limit: int | None = None) -> list[LogEntry]:
+        runs = self._get(name).backlog(since)
+        return list(islice((entry for run in runs for entry in run.entries()), limit))
+
+    def newest(self, name: str, count: int) -> list[Logged]:
+        return self._get(name).newest(count)
+
+    def state(self, name: str) -> dict[str, str]:
+        return dict(self._get(name).state)
+
+    def recent(
+        self, since: int = 0, client: str | None = None, limit: int | None = None
+    ) -> list[LogEntry]:
+        runs = self.snapshot(since, client).runs
+        return list(islice((entry for run in runs for entry in run.entries()), limit))
+
+    def snapshot(self, since: int = 0, client: str | None = None) -> Snapshot:
+        if client is not None:
+            record = self._get(client)
+            return Snapshot(list(record.backlog(since)), self._last_seq, record.missed_since(since))
+        records = self._records.values()
+        runs = [run for record in records for run in record.backlog(since)]
+        # The seqs of one run are consecutive and given out at once: runs never interleave.
+        runs.sort(key=lambda run: run.first_seq)
+        buffered = sum(record.count_since(since) for record in records)
+        return Snapshot(runs, self._last_seq, max(0, self._last_seq - since - buffered))
+
+    def _get(self, name: str) -> _Record:
+        try:
+            return self._records[name]
+        except KeyError:
+            raise NoSuchClient(name) from None
