@@ -135,11 +135,9 @@ class LogatronClient:
         if sock is None:
             return
         try:
-            sock.setblocking(False)
-            while not self._ended:
-                self._receive(sock.recv(_RECV_BYTES))
-                self._connection.handle_replies()
-        except (OSError, LogatronError):
+            self._read_available(sock)
+            self._connection.handle_replies()
+        except LogatronError:
             pass
         finally:
             sock.close()
@@ -189,12 +187,15 @@ class LogatronClient:
         sock = self._sock
         if sock is None:
             return
+        self._read_available(sock)
+        sock.settimeout(self.timeout)
+        self._handle_replies()
+
+    def _read_available(self, sock: socket.socket) -> None:
+        """Read what the server has sent, without waiting (leaves the socket non-blocking)."""
         try:
             sock.setblocking(False)
             while not self._ended:
                 self._receive(sock.recv(_RECV_BYTES))
         except OSError:
             pass
-        finally:
-            sock.settimeout(self.timeout)
-        self._handle_replies()
