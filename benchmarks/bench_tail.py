@@ -61,7 +61,12 @@ STALL_MAX_SECONDS = 600.0
 IDLE_SECONDS = 1.0
 RECEIVE_BYTES = 256 * 1024
 
-LOG_PREFIX = b'{"type": "log"'
+# How every tail ``log`` message starts: compact JSON, "type" first (``run_payloads`` in
+# ``logatron_anyio/_api.py``; since 45acc08), or with spaces (``json.dumps``' default) in older
+# trees, for ``--compare``. A rate-mode subscriber counts the log messages it recognised by this
+# prefix alone (the fast path: no ``json.loads``), and ``run_live`` fails unless that is all of
+# them: from 45acc08 until this check, the prefix had spaces and never matched.
+LOG_PREFIXES = (b'{"type":"log",', b'{"type": "log",')
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,15 +201,15 @@ class WsprotoFrames:
 def subscribe(port: int, mode: str, decoder: str, expect: int) -> None:
     """One tail read as fast as possible. Prints "ready" once ``current`` arrived, then (when
     ``expect`` log messages came, or after IDLE_SECONDS without data) one JSON line: the log
-    messages counted, lagged lines, the span first..last log message, and in latency mode the
-    per-message latencies' percentiles."""
+    messages counted (``fast_path``: how many of them by LOG_PREFIXES alone), lagged lines, the
+    span first..last log message, and in latency mode the per-message latencies' percentiles."""
     from wsproto.events import Pong
 
     sock, ws, pending = open_tail(port)
     frames_of: RawFrames | WsprotoFrames = RawFrames() if decoder == "raw" else WsprotoFrames(ws)
     latencies: list[float] = []  # from the server's receipt (the entry's timestamp)
     end_to_end: list[float] = []  # from the sender's send
-    logs = missed = other = 0
+    logs = fast = missed = other = 0
     first = last = 0.0
     ready = False
     cpu_began = time.process_time()
@@ -215,7 +220,8 @@ def subscribe(port: int, mode: str, decoder: str, expect: int) -> None:
             now = time.time()
             for opcode, payload in frames_of.feed(data):
                 if opcode == 0x81:
-                    if mode == "rate" and payload.startswith(LOG_PREFIX):
+                    if mode == "rate" and payload.startswith(LOG_PREFIXES):
+                        fast += 1
                         logs += 1
                         last = now
                         if logs == 1:
@@ -259,6 +265,7 @@ def subscribe(port: int, mode: str, decoder: str, expect: int) -> None:
     sock.close()
     result: Json = {
         "logs": logs,
+        "fast_path": fast,
         "missed": missed,
         "other": other,
         "span": last - first,
@@ -354,10 +361,16 @@ def run_live(
         measured = harness.run_json(harness.flood_command(server.tcp_port, seconds=seconds))
         received = tail.json(RUN_TIMEOUT)
         counters = server_counters(server)
+    if received["fast_path"] != received["logs"]:
+        raise RuntimeError(
+            f"only {received['fast_path']:,} of {received['logs']:,} log messages matched "
+            f"LOG_PREFIXES {LOG_PREFIXES!r}: the tail's JSON changed shape"
+        )
     span = float(received["span"])
     return {
         "events_per_s": received["logs"] / span if span > 0 else 0.0,
         "received": received["logs"],
+        "fast_path": received["fast_path"],
         "lagged": received["missed"],
         "ingested": measured["lines"],
         "ingest_lines_per_s": float(measured["lines"]) / float(measured["seconds"]),
@@ -441,7 +454,7 @@ def ingest_summary(backend: str, pairs: list[Json]) -> Json:
 def describe_live(one: Json) -> str:
     return (
         f"{one['events_per_s']:,.0f} events/s received "
-        f"({one['received']:,} received, "
+        f"({one['received']:,} received, all through the LOG_PREFIXES fast path; "
         f"{one['lagged']:,} lagged, "
         f"ingest {one['ingest_lines_per_s']:,.0f} lines/s, "
         f"server cpu {one['server_cpu_share']:.0%} of the flood's time, "
