@@ -98,7 +98,12 @@ def main() -> None:
         (f"after >= {TARGET_LINES_PER_S:,} lines/s", core >= TARGET_LINES_PER_S),
         (f"after >= {TARGET_BASELINE_RATIO}x the baseline", ratio >= TARGET_BASELINE_RATIO),
     ]
-    settings = {"line_bytes": harness.LINE_BYTES, "chunk_bytes": CHUNK_BYTES, "repeats": repeats}
+    settings = {
+        "line_bytes": harness.LINE_BYTES,
+        "chunk_bytes": CHUNK_BYTES,
+        "repeats": repeats,
+        "quick": args.quick,
+    }
     harness.emit(measured, summaries, settings, must_hold)
 
 

@@ -89,6 +89,7 @@ def main() -> None:
         "lines_per_client": lines,
         "line_bytes": harness.LINE_BYTES,
         "repeats": repeats,
+        "quick": args.quick,
     }
     harness.emit(measured, summaries, settings, must_hold)
 

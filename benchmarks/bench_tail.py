@@ -571,6 +571,7 @@ def measure(args: argparse.Namespace) -> None:
         "ingest_repeats": ingest_repeats,
         "repeats": other_repeats,
         "decoder": args.decoder,
+        "quick": quick,
     }
     harness.emit(measured, summaries, settings, checks)
 
