@@ -2,31 +2,31 @@
 
 One subscriber is attached. In the same run a baseline does only ``bytes.split`` and
 ``deque.append((timestamp, message))`` per line, so the ratio is comparable across machines.
+Each repeat runs in a child process (this script with ``--chunks``) importing its tree, so
+``--compare SRC`` measures another tree in the same run, repeats interleaved.
 Prints one rate per repeat, then, as its last line, one JSON object with the medians.
 
-    python benchmarks/bench_core.py [--quick]
+    python benchmarks/bench_core.py [--quick] [--repeats N] [--compare SRC]
 """
+
+from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import sys
 import time
 from collections import deque
 
+import harness
 from logatron_core import DEFAULT_BUFFER_SIZE, Registry, RegistryEvent, Session
 
-LINE_BYTES = 64
 CHUNK_BYTES = 64 * 1024
+TARGET_LINES_PER_S = 3_000_000
+TARGET_BASELINE_RATIO = 0.4
 
 
 def make_chunk() -> bytes:
     """64 KiB of 64-byte LOG lines (fixed content: the run is deterministic)."""
-    body = b"LOG worker-7 handled request 4711 in 12.5 ms status=200 path=/api"
-    line = body[: LINE_BYTES - 1] + b"\n"
-    assert len(line) == LINE_BYTES
-    return line * (CHUNK_BYTES // LINE_BYTES)
+    return harness.LINE * (CHUNK_BYTES // harness.LINE_BYTES)
 
 
 def run_core(chunk: bytes, chunks: int) -> float:
@@ -62,35 +62,49 @@ def run_baseline(chunk: bytes, chunks: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter repeats (< 30 s)")
-    args = parser.parse_args()
-    repeats, chunks = (5, 2000) if args.quick else (11, 6000)
-    chunk = make_chunk()
-    core_rates, baseline_rates = [], []
-    for repeat in range(repeats):
-        baseline_rates.append(run_baseline(chunk, chunks))
-        core_rates.append(run_core(chunk, chunks))
-        print(
-            f"repeat {repeat + 1}/{repeats}: core {core_rates[-1]:,.0f} lines/s, "
-            f"baseline {baseline_rates[-1]:,.0f} lines/s",
-            file=sys.stderr,
-        )
-    core = statistics.median(core_rates)
-    baseline = statistics.median(baseline_rates)
-    print(
-        json.dumps(
-            {
-                "lines_per_s": round(core),
-                "baseline_lines_per_s": round(baseline),
-                "baseline_ratio": round(core / baseline, 3),
-                "line_bytes": LINE_BYTES,
-                "chunk_bytes": CHUNK_BYTES,
-                "repeats": repeats,
-                "python": platform.python_version(),
-            }
-        )
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    harness.add_arguments(
+        parser, quick="5 shorter repeats (< 30 s)", repeats="repeats (default 11, quick 5)"
     )
+    parser.add_argument("--chunks", type=int, help=argparse.SUPPRESS)  # a child: one repeat
+    args = parser.parse_args()
+    if args.chunks:
+        chunk = make_chunk()
+        baseline = run_baseline(chunk, args.chunks)
+        print(json.dumps({"core": run_core(chunk, args.chunks), "baseline": baseline}))
+        return
+    repeats, chunks = (5, 2000) if args.quick else (11, 6000)
+    repeats = args.repeats or repeats
+    measured = harness.trees(args.compare)
+
+    def measure(tree: harness.Tree) -> harness.Json:
+        command = harness.script_command(__file__, "--chunks", str(chunks))
+        return harness.run_json(command, env=tree.env())
+
+    def describe(rates: harness.Json) -> str:
+        return f"core {rates['core']:,.0f} lines/s, baseline {rates['baseline']:,.0f} lines/s"
+
+    summaries: dict[str, harness.Json] = {}
+    for label, rates in harness.interleave(measured, repeats, measure, describe, "repeat").items():
+        core = harness.median(rates, "core")
+        baseline = harness.median(rates, "baseline")
+        summaries[label] = {
+            "lines_per_s": round(core),
+            "baseline_lines_per_s": round(baseline),
+            "baseline_ratio": round(core / baseline, 3),
+        }
+    core, ratio = summaries["after"]["lines_per_s"], summaries["after"]["baseline_ratio"]
+    must_hold = [
+        (f"after >= {TARGET_LINES_PER_S:,} lines/s", core >= TARGET_LINES_PER_S),
+        (f"after >= {TARGET_BASELINE_RATIO}x the baseline", ratio >= TARGET_BASELINE_RATIO),
+    ]
+    settings = {
+        "line_bytes": harness.LINE_BYTES,
+        "chunk_bytes": CHUNK_BYTES,
+        "repeats": repeats,
+        "quick": args.quick,
+    }
+    harness.emit(measured, summaries, settings, must_hold)
 
 
 if __name__ == "__main__":
