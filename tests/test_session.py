@@ -148,3 +148,31 @@ def test_open_connections_are_counted_until_closed() -> None:
     first.receive_data(b"", 1.0)
     second.receive_data(b"LOG no iam\n", 1.0)  # bad-iam closes it
     assert registry.stats.connections_open == 0
+
+
+def test_a_held_pong_waits_for_the_registry_to_confirm_every_earlier_change() -> None:
+    registry = Registry()
+    registry.hold_pongs()
+    s = Session(registry)
+    woken: list[bool] = []
+    s.on_replies = lambda: woken.append(True)
+    assert exchange(s, b"IAM a\nLOG one\nPING 1\nLOG two\nPING 2\n", 1.0) == b""
+    assert registry.pongs_waiting and not registry.confirmed
+    first_mark = 2  # IAM, then the run before PING 1
+    registry.confirm(first_mark)
+    assert s.data_to_send() == b"PONG 1\n" and woken == [True]
+    registry.confirm(registry.mark)
+    assert s.data_to_send() == b"PONG 2\n"
+    assert not registry.pongs_waiting and registry.confirmed
+    assert exchange(s, b"PING 3\n", 2.0) == b"PONG 3\n"  # nothing new to confirm
+
+
+def test_a_closed_session_waits_for_no_confirmation() -> None:
+    registry = Registry()
+    registry.hold_pongs()
+    s = Session(registry)
+    s.receive_data(b"IAM a\nLOG x\nPING\n", 1.0)
+    s.receive_data(b"", 2.0)
+    assert not registry.pongs_waiting
+    registry.confirm(registry.mark)
+    assert s.data_to_send() == b""

@@ -45,6 +45,7 @@ from ._events import (
     StateSet,
 )
 from ._framing import LineBuffer
+from ._journal import Batch, Journal, rebuild
 from ._limits import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_MAX_CLIENTS,
@@ -66,6 +67,8 @@ from ._store import (
     RegistryStats,
     Snapshot,
     Store,
+    StoredClient,
+    StoredRun,
     StoreReader,
     Subscriber,
 )
@@ -83,6 +86,7 @@ __all__ = (
     "MAX_NAME_LENGTH",
     "MAX_PENDING_REPLY_BYTES",
     "NEED_DATA",
+    "Batch",
     "ClientClosed",
     "ClientConnection",
     "ClientEvent",
@@ -96,6 +100,7 @@ __all__ = (
     "ErrorReply",
     "Identified",
     "Identify",
+    "Journal",
     "LineBuffer",
     "LocalProtocolError",
     "Log",
@@ -125,9 +130,12 @@ __all__ = (
     "StateSet",
     "Store",
     "StoreReader",
+    "StoredClient",
+    "StoredRun",
     "Subscriber",
     "TooManyClients",
     "TooManyKeys",
     "is_valid_name",
+    "rebuild",
     "split_message",
 )

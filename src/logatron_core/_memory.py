@@ -16,7 +16,7 @@ from itertools import islice
 
 from ._errors import NameTaken, NoSuchClient, TooManyClients, TooManyKeys
 from ._events import LogEntry, Logged
-from ._store import ClientInfo, Snapshot
+from ._store import ClientInfo, Snapshot, StoredClient, StoredRun
 
 __all__ = ["MemoryStore"]
 
@@ -269,6 +269,50 @@ class MemoryStore:
         runs.sort(key=lambda run: run.first_seq)
         buffered = sum(record.count_since(since) for record in records)
         return Snapshot(runs, self._last_seq, max(0, self._last_seq - since - buffered))
+
+    # -- persistence (see Journal and rebuild) ------------------------------------------------
+
+    def stored_client(self, name: str) -> StoredClient:
+        """``name``'s record as a journal stores it. Raises NoSuchClient."""
+        record = self._get(name)
+        oldest = record.runs[0][0] + record.head_skip if record.runs else self._last_seq + 1
+        return StoredClient(
+            name,
+            record.connected,
+            record.connected_at,
+            record.disconnected_at,
+            dict(record.state),
+            record.lines_received,
+            record.lines_evicted,
+            record.evicted_through,
+            record.errors,
+            oldest,
+        )
+
+    def restore(self, client: StoredClient, runs: list[StoredRun], now: float) -> None:
+        """Add ``client``'s stored record, disconnected (retained after those restored before
+        it), with ``runs`` (oldest first) cut to its ``oldest_seq``."""
+        record = _Record(client.name, client.connected_at)
+        record.connected = False
+        record.disconnected_at = now if client.connected else client.disconnected_at
+        record.state = dict(client.state)
+        record.lines_received = client.lines_received
+        record.lines_evicted = client.lines_evicted
+        record.evicted_through = client.evicted_through
+        record.errors = client.errors
+        for run in runs:
+            if run.last_seq >= client.oldest_seq:
+                record.runs.append((run.first_seq, run.timestamp, run.messages, run.truncated))
+                record.buffered += len(run.messages)
+        if record.runs:
+            record.head_skip = max(0, client.oldest_seq - record.runs[0][0])
+            record.buffered -= record.head_skip
+        self._records[client.name] = record
+        self._retained[client.name] = None
+
+    def restore_last_seq(self, last_seq: int) -> None:
+        """Seqs continue above ``last_seq``."""
+        self._last_seq = max(self._last_seq, last_seq)
 
     def _get(self, name: str) -> _Record:
         try:

@@ -9,9 +9,16 @@ every call that changes something takes ``now`` (seconds since the epoch), and
 
 Events go to subscribers synchronously and in order; an exception raised by a subscriber is
 counted in ``stats.subscriber_errors`` and never reaches ingest or the other subscribers.
+
+Confirmation (for stores that write to a disk or a network): every change advances ``mark``.
+After :meth:`Registry.hold_pongs`, a session answers a ``PING`` only once the adapter has
+called :meth:`Registry.confirm` with a mark at least the one current when the ``PING`` was
+applied, that is once every line before it is stored for good. Without it (the default, a
+memory store) a ``PONG`` is answered at once.
 """
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from ._errors import ErrorCode, NoSuchClient
 from ._events import (
@@ -32,6 +39,9 @@ from ._limits import (
 )
 from ._memory import MemoryStore
 from ._store import ClientInfo, RegistryStats, Snapshot, Store, Subscriber
+
+if TYPE_CHECKING:
+    from ._session import Session
 
 __all__ = ["Registry"]
 
@@ -70,6 +80,9 @@ class Registry:
         self.store: Store = store if store is not None else MemoryStore()
         self._subscribers: list[Subscriber] = []
         self._stats = RegistryStats()
+        self.mark = 0  # advanced by every change
+        self._confirmed: int | None = None  # None: nothing to wait for
+        self._waiting: dict[Session, None] = {}  # sessions holding a PONG, in order
 
     # -- changes -------------------------------------------------------------------------------
 
@@ -81,6 +94,7 @@ class Registry:
         """
         self.expire(now)
         self.store.connect(name, now, self.max_clients)
+        self.mark += 1
         self._stats.connections_total += 1
         self._emit(ClientReady(name, now))
 
@@ -97,6 +111,7 @@ class Registry:
         if not isinstance(messages, tuple):
             messages = tuple(messages)  # stored and shared with subscribers: immutable
         first, evicted = self.store.append(name, messages, now, truncated, self.buffer_size)
+        self.mark += 1
         stats = self._stats
         stats.lines_received += count
         if evicted:
@@ -112,6 +127,7 @@ class Registry:
         Emits StateSet.
         """
         self.store.set_state(name, key, value, self.max_state_keys)
+        self.mark += 1
         self._emit(StateSet(name, key, value, now))
 
     def disconnect(self, name: str, now: float) -> None:
@@ -120,6 +136,7 @@ class Registry:
         Does nothing for a client already disconnected.
         """
         if self.store.disconnect(name, now):
+            self.mark += 1
             self._emit(ClientClosed(name, now))
             self.expire(now)
 
@@ -129,6 +146,7 @@ class Registry:
         Emits ClientExpired for each, oldest first.
         """
         for name in self.store.expire(now, self.retention_seconds, self.max_retained):
+            self.mark += 1
             self._stats.clients_expired += 1
             self._emit(ClientExpired(name, now))
 
@@ -155,6 +173,45 @@ class Registry:
     def count_connection(self, delta: int) -> None:
         """A session opened (+1) or closed (-1)."""
         self._stats.connections_open += delta
+
+    # -- confirmation --------------------------------------------------------------------------
+
+    def hold_pongs(self) -> None:
+        """From now on, ``PONG`` waits for :meth:`confirm` (see the module comment)."""
+        if self._confirmed is None:
+            self._confirmed = self.mark
+
+    @property
+    def confirmed(self) -> bool:
+        """True when every change so far is confirmed (always, without :meth:`hold_pongs`)."""
+        return self._confirmed is None or self._confirmed >= self.mark
+
+    @property
+    def pongs_waiting(self) -> bool:
+        """True while some session holds a ``PONG`` for a confirmation."""
+        return bool(self._waiting)
+
+    def pong_allowed(self, session: "Session") -> int | None:
+        """None if ``session`` may answer a ``PING`` now; otherwise the mark to wait for (the
+        session is then told through ``release_pongs`` once it is confirmed)."""
+        if self.confirmed:
+            return None
+        self._waiting[session] = None
+        return self.mark
+
+    def confirm(self, mark: int) -> None:
+        """Every change up to ``mark`` is stored for good: sessions answer the ``PING``s that
+        waited for it (their ``on_replies`` callbacks run)."""
+        if self._confirmed is None or mark <= self._confirmed:
+            return
+        self._confirmed = mark
+        for session in list(self._waiting):
+            if session.release_pongs(mark):
+                del self._waiting[session]
+
+    def forget_session(self, session: "Session") -> None:
+        """``session`` closed: it waits for nothing any more."""
+        self._waiting.pop(session, None)
 
     # -- subscribers ---------------------------------------------------------------------------
 

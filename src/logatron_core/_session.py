@@ -15,7 +15,8 @@ takes the replies with :meth:`Session.data_to_send` only once it has written the
 ones, so a peer costs at most twice the bound.
 """
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 
 from ._connection import ServerConnection
 from ._errors import ErrorCode, RegistryRefusal, RemoteProtocolError
@@ -50,11 +51,13 @@ class Session:
         "_connection",
         "_error_replies",
         "_events",
+        "_held",
         "_max_pending",
         "_outgoing",
         "_registry",
         "closed",
         "name",
+        "on_replies",
     )
 
     def __init__(
@@ -69,6 +72,9 @@ class Session:
         self._max_pending = max_pending_reply_bytes
         self._outgoing = bytearray()
         self._events: list[SessionEvent] = []
+        self._held: deque[tuple[int, bytes]] = deque()  # (mark awaited, PONG line)
+        # Called when held replies become ready outside receive_data (see release_pongs).
+        self.on_replies: Callable[[], object] | None = None
         self._error_replies = 0  # ERR lines answered in the current receive_data call
         self.name: str | None = None  # the client's, once the registry has accepted it
         self.closed = False
@@ -113,7 +119,7 @@ class Session:
                     self._refuse(refusal.code, refusal.detail)
             elif kind is Ping:
                 assert isinstance(event, Ping)
-                self._reply(connection.send(Pong(event.token)))
+                self._pong(connection.send(Pong(event.token)))
             elif kind is Rejected:
                 assert isinstance(event, Rejected)
                 self._refuse(event.code, event.detail)
@@ -147,6 +153,29 @@ class Session:
         self._outgoing.clear()
         return data
 
+    def release_pongs(self, confirmed: int) -> bool:
+        """Answer the ``PING``s whose lines are confirmed up to ``confirmed`` (called by the
+        registry); calls ``on_replies`` if any was. True once none is held any more."""
+        held = self._held
+        released = False
+        while held and held[0][0] <= confirmed:
+            self._reply(held.popleft()[1])
+            released = True
+        if released and self.on_replies is not None:
+            self.on_replies()
+        return not held
+
+    def _pong(self, line: bytes) -> None:
+        """Answer now, or once the registry confirms every earlier change (see Registry)."""
+        if not self._held:
+            mark = self._registry.pong_allowed(self)
+            if mark is None:
+                self._reply(line)
+                return
+        else:
+            mark = self._registry.mark
+        self._held.append((mark, line))
+
     def _reply(self, line: bytes) -> None:
         if len(self._outgoing) + len(line) > self._max_pending:
             self._registry.count_replies_dropped(1)
@@ -163,6 +192,8 @@ class Session:
 
     def _close(self, now: float) -> None:
         self.closed = True
+        self._held.clear()  # the peer is gone: nothing to confirm to it
+        self._registry.forget_session(self)
         self._registry.count_connection(-1)
         if self.name is not None:
             self._registry.disconnect(self.name, now)

@@ -47,6 +47,8 @@ __all__ = [
     "Snapshot",
     "Store",
     "StoreReader",
+    "StoredClient",
+    "StoredRun",
     "Subscriber",
 ]
 
@@ -100,6 +102,39 @@ class Snapshot:
     runs: list[Logged]
     last_seq: int
     missed: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredClient:
+    """One client's record as stored, without its log. ``oldest_seq`` is the seq of the oldest
+    line its ring holds (every stored run of it that ends before is deleted)."""
+
+    name: str
+    connected: bool
+    connected_at: float
+    disconnected_at: float | None
+    state: dict[str, str]
+    lines_received: int
+    lines_evicted: int
+    evicted_through: int
+    errors: int
+    oldest_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """A run of lines as stored: one row, its messages joined by ``"\\n"`` (no message holds
+    one: the protocol is line-based)."""
+
+    client: str
+    first_seq: int
+    timestamp: float
+    messages: tuple[str, ...]
+    truncated: bool
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self.messages) - 1
 
 
 class StoreReader(Protocol):
