@@ -23,7 +23,7 @@ import anyio.from_thread
 import pytest
 
 from logatron_anyio import LogatronServer
-from logatron_anyio._cli import main
+from logatron_anyio.cli import main
 from logatron_core import Registry
 
 TIMEOUT = 10.0
@@ -206,7 +206,6 @@ def test_serve_on_a_busy_port_exits_1(tmp_path: Path) -> None:
         ["serve", "--buffer-size", "0"],
         ["send", "not a name"],
         ["send", "bob", "--set", "novalue"],
-        [],
     ],
 )
 def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
