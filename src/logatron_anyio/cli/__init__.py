@@ -16,9 +16,7 @@ from typing import NoReturn
 
 import click
 
-from .consumers import clients, recent, state, tail
-from .send import send
-from .serve import serve
+from . import consumers, send, serve
 
 __all__ = ["logatron", "main"]
 
@@ -41,7 +39,15 @@ def logatron(ctx: click.Context) -> None:
         click.echo(ctx.get_help())
 
 
-for _command in (serve, send, clients, state, recent, tail):
+# The modules keep their names: `logatron_anyio.cli.serve` is the module, not the command.
+for _command in (
+    serve.serve,
+    send.send,
+    consumers.clients,
+    consumers.state,
+    consumers.recent,
+    consumers.tail,
+):
     logatron.add_command(_command)
 
 
