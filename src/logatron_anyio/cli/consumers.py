@@ -30,6 +30,7 @@ from .. import (
     sort_entries,
 )
 from .common import (
+    Backend,
     Integer,
     backend_option,
     client_name,
@@ -41,7 +42,7 @@ from .common import (
 )
 from .render import Output, TailPrinter, client_lines, entry_lines, state_lines
 
-__all__ = ["clients", "consumer_options", "recent", "state", "tail"]
+__all__ = ["Common", "clients", "consumer_options", "recent", "state", "tail"]
 
 _Body = Callable[[Consumer, Output], Awaitable[None]]
 
@@ -52,7 +53,7 @@ class Common:
 
     url: str
     token: str | None
-    backend: str
+    backend: Backend
     json: bool
 
 
@@ -74,7 +75,9 @@ def consumer_options(command: Callable[..., None]) -> Callable[..., None]:
     """Add the common options (first in --help) and hand them to ``command`` as ``common``."""
 
     @functools.wraps(command)
-    def with_common(url: str, token: str | None, backend: str, json: bool, **params: Any) -> None:
+    def with_common(
+        url: str, token: str | None, backend: Backend, json: bool, **params: Any
+    ) -> None:
         command(Common(url, token, backend, json), **params)
 
     for option in reversed(_COMMON_OPTIONS):
