@@ -6,6 +6,8 @@ The consumer commands (clients, state, recent, tail) are in test_cli_consumer.py
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.metadata
 import json
 import os
 import re
@@ -15,15 +17,19 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import anyio.from_thread
+import click.testing
 import pytest
 
 from logatron_anyio import LogatronServer
-from logatron_anyio._cli import main
+from logatron_anyio.cli import logatron, main
+from logatron_anyio.cli import serve as cli_serve
+from logatron_anyio.cli.serve import ServeConfig, build_servers
 from logatron_core import Registry
 
 TIMEOUT = 10.0
@@ -206,7 +212,6 @@ def test_serve_on_a_busy_port_exits_1(tmp_path: Path) -> None:
         ["serve", "--buffer-size", "0"],
         ["send", "not a name"],
         ["send", "bob", "--set", "novalue"],
-        [],
     ],
 )
 def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -242,6 +247,215 @@ def test_serve_help_lists_flags_and_variables(capsys: pytest.CaptureFixture[str]
         "LOGATRON_TOKEN",
     ):
         assert variable in text
+
+
+# -- parsing, with click's CliRunner -------------------------------------------------------------
+
+SERVE_VARIABLES = {
+    "--host": "LOGATRON_HOST",
+    "--port": "LOGATRON_PORT",
+    "--buffer-size": "LOGATRON_BUFFER_SIZE",
+    "--max-line-bytes": "LOGATRON_MAX_LINE_BYTES",
+    "--max-clients": "LOGATRON_MAX_CLIENTS",
+    "--max-state-keys": "LOGATRON_MAX_STATE_KEYS",
+    "--retention-seconds": "LOGATRON_RETENTION_SECONDS",
+    "--max-retained": "LOGATRON_MAX_RETAINED",
+    "--backend": "LOGATRON_BACKEND",
+    "--log-format": "LOGATRON_LOG_FORMAT",
+    "--http-port": "LOGATRON_HTTP_PORT",
+    "--no-http": "LOGATRON_NO_HTTP",
+    "--token": "LOGATRON_TOKEN",
+}
+CONSUMER_VARIABLES = {
+    "--url": "LOGATRON_URL",
+    "--token": "LOGATRON_TOKEN",
+    "--backend": "LOGATRON_BACKEND",
+}
+
+
+def invoke(*args: str, **env: str) -> click.testing.Result:
+    """``logatron ARGS`` in this process, with only the ``LOGATRON_*`` variables given."""
+    unset: dict[str, str | None] = {key: None for key in os.environ if key.startswith("LOGATRON_")}
+    return click.testing.CliRunner().invoke(logatron, args, env={**unset, **env})
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize(
+    ("command", "variables"),
+    [
+        ("serve", SERVE_VARIABLES),
+        ("send", {"--host": "LOGATRON_HOST", "--port": "LOGATRON_PORT"}),
+        *((command, CONSUMER_VARIABLES) for command in ("clients", "state", "recent", "tail")),
+    ],
+)
+def test_help_shows_each_flags_variable(command: str, variables: dict[str, str]) -> None:
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    text = one_line(result.output.partition("\nOptions:\n")[2])
+    shown = dict(re.findall(r"(--[a-z-]+) [^-].*?\[env var: (\w+)", text))
+    assert shown == variables
+
+
+def test_help_shows_choices_defaults_and_ranges() -> None:
+    serve = one_line(invoke("serve", "--help").output)
+    for part in (
+        "--backend [asyncio|trio]",
+        "--log-format [text|json]",
+        "LOGATRON_PORT; default: 2212; 0<=x<=65535]",
+        "LOGATRON_HTTP_PORT; default: 2213; 0<=x<=65535]",
+        "LOGATRON_HOST; default: 127.0.0.1]",
+        "LOGATRON_BUFFER_SIZE; default: 128; x>=1]",
+        "LOGATRON_RETENTION_SECONDS; default: 3600.0; x>=0]",
+        "LOGATRON_BACKEND; default: asyncio]",
+        "LOGATRON_LOG_FORMAT; default: text]",
+    ):
+        assert part in serve
+    recent = one_line(invoke("recent", "--help").output)
+    assert "--sort [seq|time]" in recent and "[default: seq]" in recent
+    assert "default: http://127.0.0.1:2213" in recent
+
+
+def test_version_and_bare_logatron(capsys: pytest.CaptureFixture[str]) -> None:
+    version = invoke("--version")
+    assert (version.exit_code, version.output) == (
+        0,
+        f"logatron, version {importlib.metadata.version('logatron')}\n",
+    )
+    bare = invoke()
+    assert bare.exit_code == 0
+    assert bare.output == invoke("--help").output
+    assert re.search(r"^Commands:\n +serve +run the server\n +send ", bare.output, re.M)
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("Usage: logatron [OPTIONS]")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "error"),
+    [
+        (["serve", "--port", "x"], {}, "Invalid value for '--port': 'x' is not a valid integer."),
+        (["serve", "--port", "70000"], {}, "'--port': 70000 is not in the range 0<=x<=65535."),
+        (["serve", "--buffer-size", "0"], {}, "'--buffer-size': 0 is not in the range x>=1."),
+        (["serve", "--retention-seconds", "soon"], {}, "'soon' is not a valid number."),
+        (["serve", "--max-retained", "-1"], {}, "-1 is not in the range x>=0."),
+        (["serve", "--backend", "curio"], {}, "'curio' is not one of 'asyncio', 'trio'."),
+        (["serve", "--log-format", "xml"], {}, "'xml' is not one of 'text', 'json'."),
+        (["serve", "--bogus"], {}, "No such option"),
+        (
+            ["serve"],
+            {"LOGATRON_MAX_CLIENTS": "many"},
+            "Invalid value for environment variable LOGATRON_MAX_CLIENTS: "
+            "'many' is not a valid integer.",
+        ),
+        (
+            ["serve"],
+            {"LOGATRON_NO_HTTP": "maybe"},
+            "environment variable LOGATRON_NO_HTTP: 'maybe' is not a valid boolean.",
+        ),
+        (["send", "not a name"], {}, "Invalid value for 'NAME': 'not a name' is not a client"),
+        (["send", "bob", "--set", "=v"], {}, "'--set': expected KEY=VALUE with a valid key"),
+        (["send", "bob"], {"LOGATRON_PORT": "-1"}, "LOGATRON_PORT: -1 is not in the range"),
+        (["state"], {}, "Missing argument 'NAME'."),
+        (["recent", "--limit", "0"], {}, "'--limit': 0 is not in the range x>=1."),
+        (["tail", "--since", "x"], {}, "'--since': 'x' is not a valid integer."),
+        (["clients"], {"LOGATRON_BACKEND": "curio"}, "LOGATRON_BACKEND: 'curio' is not one of"),
+        (["clients", "--url", "ftp://x"], {}, "'--url': expected a URL like http://host:port"),
+    ],
+)
+def test_usage_errors_are_worded_in_the_commands_usage(
+    args: list[str], env: dict[str, str], error: str
+) -> None:
+    result = invoke(*args, **env)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"Usage: logatron {args[0]} [OPTIONS]")
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("Error: ") and error in last, result.stderr
+    for python in ("Traceback", "invalid literal", "must be at least", "Error(", "ValueError"):
+        assert python not in result.stderr
+
+
+def capture_serve(monkeypatch: pytest.MonkeyPatch) -> list[ServeConfig]:
+    """The configs ``logatron serve`` is run with from now on, instead of running them."""
+    configs: list[ServeConfig] = []
+
+    def run(config: ServeConfig) -> int:
+        configs.append(config)
+        return 0
+
+    monkeypatch.setattr(cli_serve, "run", run)
+    return configs
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1", True), ("true", True), ("yes", True), ("on", True), ("0", False), ("off", False)],
+)
+def test_boolean_variables(text: str, value: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    configs = capture_serve(monkeypatch)
+    assert invoke("serve", LOGATRON_NO_HTTP=text).exit_code == 0
+    assert configs == [ServeConfig(no_http=value)]
+
+
+def test_serve_defaults_and_the_flag_beats_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    configs = capture_serve(monkeypatch)
+    assert invoke("serve").exit_code == 0
+    env = {
+        "LOGATRON_PORT": "abc",  # never read: the flag is given
+        "LOGATRON_HOST": "::1",
+        "LOGATRON_BACKEND": "asyncio",
+        "LOGATRON_NO_HTTP": "false",
+        "LOGATRON_RETENTION_SECONDS": "0.5",
+        "LOGATRON_TOKEN": "from-env",
+    }
+    flags = ["--port", "0", "--backend", "trio", "--no-http", "--token", "from-flag"]
+    result = invoke("serve", *flags, **env)
+    assert result.exit_code == 0, result.output
+    assert configs == [
+        ServeConfig(),
+        ServeConfig(
+            host="::1",
+            port=0,
+            retention_seconds=0.5,
+            backend="trio",
+            no_http=True,
+            token="from-flag",
+        ),
+    ]
+    assert "from-flag" not in repr(configs[1])
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_consumer_flag_beats_the_variable(backend: str) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))  # bound, not listening: refused
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        env = {"LOGATRON_URL": "ftp://never.read", "LOGATRON_BACKEND": "curio"}
+        result = invoke("clients", "--url", url, "--backend", backend, **env)
+    assert result.exit_code == 1
+    assert result.stderr == f"logatron: cannot reach {url}: connection refused\n"
+
+
+def test_serve_config_builds_the_servers() -> None:
+    tcp, http = build_servers(ServeConfig(port=0, http_port=0, buffer_size=3, max_line_bytes=9))
+    assert (tcp.port, tcp.max_line_bytes, tcp.registry.buffer_size) == (0, 9, 3)
+    assert http is not None and http.registry is tcp.registry and http.port == 0
+    assert build_servers(ServeConfig(no_http=True))[1] is None
+
+
+def test_entry_points() -> None:
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    module, _, name = pyproject["project"]["scripts"]["logatron"].partition(":")
+    assert getattr(importlib.import_module(module), name) is main
+    result = subprocess.run(
+        [*COMMAND, "serve", "--port", "x"], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("Usage: logatron serve [OPTIONS]\n")
 
 
 # -- serve: the HTTP interface -------------------------------------------------------------------

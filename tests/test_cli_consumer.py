@@ -25,7 +25,8 @@ import anyio.from_thread
 import pytest
 
 from logatron_anyio import Current, Gap, HttpServer, Lagged, LogatronServer
-from logatron_anyio._cli import _Output, _TailPrinter, main
+from logatron_anyio.cli import main
+from logatron_anyio.cli.render import Output, TailPrinter
 from logatron_core import ClientClosed, LogEntry, Registry
 from test_cli import COMMAND, TIMEOUT, Lines, talk
 
@@ -381,7 +382,7 @@ class Terminal(io.StringIO):
 @pytest.mark.parametrize("stdout", [io.StringIO(), Terminal()])
 def test_tail_printer_notices_and_the_live_separator(stdout: io.StringIO) -> None:
     stderr = io.StringIO()
-    printer = _TailPrinter(_Output(stdout, stderr))
+    printer = TailPrinter(Output(stdout, stderr))
     for event in (
         Gap(2),
         LogEntry("a-rather-long-name", 12345, 0.0, "\r\x07bell\u2028", truncated=True),

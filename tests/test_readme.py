@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shlex
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -144,3 +146,23 @@ def test_the_thirty_second_tour(running: Running) -> None:
     assert "bob" in clients_output and "worker-1" in clients_output
     assert "hello" in outputs["logatron recent"] and "step 2" in outputs["logatron recent"]
     assert "hello" in outputs["logatron tail"]
+
+
+def test_the_usage_error_example() -> None:
+    """The example of a usage error is what the command prints."""
+    after = README.read_text().split("<!-- usage-error -->\n", 1)[1]
+    example = re.match(r"(?:    .*\n|\n)+", after)
+    assert example is not None
+    command, *expected = textwrap.dedent(example[0]).strip().splitlines()
+    argv = shlex.split(command.removeprefix("$ "))
+    assert argv[0] == "logatron"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LOGATRON_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "logatron_anyio", *argv[1:]],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == expected

@@ -1,5 +1,5 @@
 """``python -m logatron_anyio``: the ``logatron`` command."""
 
-from ._cli import main
+from .cli import main
 
-raise SystemExit(main())
+main()

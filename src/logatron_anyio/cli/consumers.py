@@ -1,0 +1,222 @@
+"""The consumer commands over HTTP and WebSocket: ``clients``, ``state NAME``,
+``recent [NAME]`` and ``tail [NAME]``.
+
+They share everything but what they fetch: the options ``--url``, ``--token``, ``--backend``
+and ``--json`` (``consumer_options``), and one way to run (``_run``): until done or Ctrl-C or
+SIGTERM, a lost reader (``| head``) ending quietly, and each failure told in one line with
+exit status 1. A one-shot command cut short by a signal exits 128 + its number; ``tail``,
+which runs until stopped, exits 0. What they print is ``render``'s.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import click
+
+from .. import (
+    Consumer,
+    ConsumerError,
+    NotFound,
+    Unauthorized,
+    Unreachable,
+    sort_entries,
+)
+from .common import (
+    Backend,
+    Integer,
+    backend_option,
+    client_name,
+    env_option,
+    fail,
+    only,
+    token_option,
+    until_signal,
+)
+from .render import Output, TailPrinter, client_lines, entry_lines, state_lines
+
+__all__ = ["Common", "clients", "consumer_options", "recent", "state", "tail"]
+
+_Body = Callable[[Consumer, Output], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Common:
+    """The options every consumer command has."""
+
+    url: str
+    token: str | None
+    backend: Backend
+    json: bool
+
+
+_COMMON_OPTIONS = (
+    env_option(
+        "--url",
+        "LOGATRON_URL",
+        default="http://127.0.0.1:2213",
+        metavar="URL",
+        help="the server's HTTP address",
+    ),
+    token_option("bearer token"),
+    backend_option,
+    click.option("--json", is_flag=True, help="one JSON object per line, in the API's shapes"),
+)
+
+
+def consumer_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add the common options (first in --help) and hand them to ``command`` as ``common``."""
+
+    @functools.wraps(command)
+    def with_common(
+        url: str, token: str | None, backend: Backend, json: bool, **params: Any
+    ) -> None:
+        command(Common(url, token, backend, json), **params)
+
+    for option in reversed(_COMMON_OPTIONS):
+        with_common = option(with_common)
+    return with_common
+
+
+def _run(common: Common, body: _Body, name: str | None = None, *, one_shot: bool = True) -> None:
+    """Run ``body`` against the server at ``common.url``; ``name``: the client asked about."""
+    try:
+        consumer = Consumer(common.url, token=common.token or "")
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'--url'") from None
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):  # a message never fails to print
+            stream.reconfigure(errors="backslashreplace")
+    output = Output(sys.stdout, sys.stderr)
+    try:
+        signum = anyio.run(
+            until_signal, functools.partial(body, consumer, output), backend=common.backend
+        )
+    except (ConsumerError, BrokenPipeError, ExceptionGroup) as raised:
+        if only(raised, BrokenPipeError) is not None:
+            # The reader went away (`| head`): nothing more to say, and nothing to flush.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
+        failure = only(raised, ConsumerError)
+        if failure is None:
+            raise
+        fail(_explain(failure, common.url, name))
+    if signum is not None and one_shot:
+        raise click.exceptions.Exit(128 + signum)  # a one-shot command cut short
+
+
+def _explain(error: ConsumerError, url: str, name: str | None) -> str:
+    if isinstance(error, Unauthorized):
+        return "unauthorized: check --token or LOGATRON_TOKEN"
+    if isinstance(error, NotFound):
+        return f"no such client: {name}" if name is not None else f"not found at {url}: {error}"
+    if isinstance(error, Unreachable):
+        return f"cannot reach {url}: {_reason(error)}"
+    return f"bad response from {url}: {error}"
+
+
+def _reason(error: BaseException) -> str:
+    """Why a connection failed, in a few words: the innermost OSError's, else the message."""
+    reason = str(error).rpartition(": ")[2] or str(error)
+    seen: set[int] = set()
+    cause: BaseException | None = error.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno is not None:
+            text = os.strerror(cause.errno) if cause.errno > 0 else (cause.strerror or "")
+            if text:
+                reason = text[0].lower() + text[1:]
+        cause = cause.__cause__ or cause.__context__
+    return reason
+
+
+@click.command(short_help="list the clients (connected and retained)")
+@consumer_options
+def clients(common: Common) -> None:
+    """List every client: name, status, lines received, when it connected, and a summary of
+    its state."""
+
+    async def body(consumer: Consumer, output: Output) -> None:
+        output.lines(client_lines(await consumer.clients(), common.json))
+
+    _run(common, body)
+
+
+@click.command(short_help="show one client's state")
+@consumer_options
+@click.argument("name", callback=client_name)
+def state(common: Common, name: str) -> None:
+    """Show the state of client NAME as aligned KEY VALUE lines."""
+
+    async def body(consumer: Consumer, output: Output) -> None:
+        output.lines(state_lines(name, await consumer.state(name), common.json))
+
+    _run(common, body, name)
+
+
+@click.command(short_help="print the buffered log lines of every client or one")
+@consumer_options
+@click.argument("name", required=False, callback=client_name)
+@click.option("--since", type=Integer(min=0), default=0, metavar="SEQ", help="only lines after SEQ")
+@click.option(
+    "--limit", type=Integer(min=1), metavar="N", help="at most N lines (the oldest after SEQ)"
+)
+@click.option(
+    "--sort",
+    type=click.Choice(("seq", "time")),
+    default="seq",
+    help="order by seq, or by timestamp then seq",
+)
+def recent(common: Common, name: str | None, since: int, limit: int | None, sort: str) -> None:
+    """Print the buffered log lines (of every client, or of NAME) as TIME CLIENT #SEQ
+    MESSAGE, ordered by seq."""
+
+    async def body(consumer: Consumer, output: Output) -> None:
+        entries = await consumer.recent(name, since=since, limit=limit)
+        if sort == "time":
+            entries = sort_entries(entries)
+        output.lines(entry_lines(entries, common.json))
+
+    _run(common, body, name)
+
+
+@click.command(short_help="follow the log live")
+@consumer_options
+@click.argument("name", required=False, callback=client_name)
+@click.option(
+    "--since",
+    type=Integer(min=0),
+    metavar="SEQ",
+    show_default="every buffered line",
+    help="only lines after SEQ",
+)
+def tail(common: Common, name: str | None, since: int | None) -> None:
+    """Print the buffered lines (of every client, or of NAME; after --since), then live lines
+    and client events as they happen, until Ctrl-C or SIGTERM. Reconnects by itself; notices
+    of missed lines go to stderr as '-- N lines missed (...) --'."""
+
+    async def body(consumer: Consumer, output: Output) -> None:
+        # One request first: an unreachable server or a wrong token ends the command at once,
+        # while a connection lost later is retried for as long as it takes.
+        await consumer.clients()
+        connects = 0
+
+        def on_connect() -> None:
+            nonlocal connects
+            connects += 1
+            if connects > 1:
+                output.notice("-- reconnected --")
+
+        printer = TailPrinter(output, common.json)
+        async with consumer.tail(name, since=since, on_connect=on_connect) as events:
+            async for event in events:
+                printer.event(event)
+
+    _run(common, body, name, one_shot=False)

@@ -1,0 +1,255 @@
+"""``logatron serve``: the TCP server and its HTTP interface, until Ctrl-C or SIGTERM.
+
+The options become one ``ServeConfig``; ``build_servers`` is the one place that constructs the
+registry and the servers from it; ``run`` serves a config and returns the exit status. Startup
+prints one line per listening server on stdout, once both listen; a port that cannot be bound
+is one line on stderr and exit status 1. The server's own log goes to stderr, as text or JSON
+lines.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, TextIO, TypeVar, get_args
+
+import anyio
+import anyio.abc
+import click
+
+from logatron_core import (
+    DEFAULT_BUFFER_SIZE,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_RETAINED,
+    DEFAULT_MAX_STATE_KEYS,
+    DEFAULT_RETENTION_SECONDS,
+    MAX_LINE_BYTES,
+    Registry,
+)
+
+from .. import HttpServer, LogatronServer
+from .common import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    PORT,
+    Backend,
+    Integer,
+    Number,
+    backend_option,
+    env_option,
+    host_option,
+    only,
+    port_option,
+    say_error,
+    token_option,
+    until_signal,
+)
+
+__all__ = ["LogFormat", "ServeConfig", "build_servers", "run", "serve"]
+
+LogFormat = Literal["text", "json"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """Every setting of ``logatron serve``, in the order the startup log lists them. The
+    values are taken as valid: the command's option types check them."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    buffer_size: int = DEFAULT_BUFFER_SIZE
+    max_line_bytes: int = MAX_LINE_BYTES
+    max_clients: int = DEFAULT_MAX_CLIENTS
+    max_state_keys: int = DEFAULT_MAX_STATE_KEYS
+    retention_seconds: float = DEFAULT_RETENTION_SECONDS
+    max_retained: int = DEFAULT_MAX_RETAINED
+    backend: Backend = "asyncio"
+    log_format: LogFormat = "text"
+    http_port: int = 2213
+    no_http: bool = False
+    token: str | None = field(default=None, repr=False)  # never logged
+
+
+_DEFAULT = ServeConfig()
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def build_servers(config: ServeConfig) -> tuple[LogatronServer, HttpServer | None]:
+    """The TCP server and (unless ``no_http``) the HTTP server over one new registry: the one
+    place that constructs them."""
+    registry = Registry(
+        buffer_size=config.buffer_size,
+        max_clients=config.max_clients,
+        max_state_keys=config.max_state_keys,
+        retention_seconds=config.retention_seconds,
+        max_retained=config.max_retained,
+    )
+    tcp = LogatronServer(
+        config.host, config.port, registry=registry, max_line_bytes=config.max_line_bytes
+    )
+    if config.no_http:
+        return tcp, None
+    http = HttpServer(registry, config.host, config.http_port, token=config.token)
+    return tcp, http
+
+
+def run(config: ServeConfig) -> int:
+    """Serve until Ctrl-C or SIGTERM (0), or until a port cannot be bound (1, said on stderr).
+
+    The ``logatron`` logger gets a handler on stderr for the run, removed afterwards."""
+    log = logging.getLogger("logatron")
+    level = log.level
+    handler = _configure_log(config.log_format, sys.stderr)
+    try:
+        settings = asdict(config)
+        del settings["token"]
+        log.getChild("server").info(
+            "starting on %s with %s",
+            config.backend,
+            ", ".join(f"{key}={value}" for key, value in settings.items()),
+            extra={"event": "starting", **settings},
+        )
+        tcp, http = build_servers(config)
+        anyio.run(
+            until_signal, functools.partial(_serve, tcp, http), _stopping, backend=config.backend
+        )
+    except (_CannotListen, ExceptionGroup) as raised:
+        cannot = only(raised, _CannotListen)
+        if cannot is None:
+            raise
+        say_error(str(cannot))
+        return 1
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    return 0
+
+
+class _JsonFormatter(logging.Formatter):
+    _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in self._STANDARD:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def _configure_log(log_format: str, stream: TextIO) -> logging.Handler:
+    handler = logging.StreamHandler(stream)
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s logatron %(levelname)s %(message)s"))
+    log = logging.getLogger("logatron")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def _stopping(signum: int) -> None:
+    name = signal.Signals(signum).name
+    logging.getLogger("logatron.server").info(
+        "stopping on %s", name, extra={"event": "stopping", "signal": name}
+    )
+
+
+def _format_address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _CannotListen(Exception):
+    """A server of ``logatron serve`` could not listen: the one line to print."""
+
+
+async def _listen(
+    tg: anyio.abc.TaskGroup,
+    serve: Callable[..., Coroutine[Any, Any, None]],
+    what: str,
+    address: tuple[str, int],
+) -> tuple[str, int]:
+    """Start ``serve`` in ``tg``; its bound address. Raises _CannotListen if it cannot listen."""
+    try:
+        bound: tuple[str, int] = await tg.start(serve)
+    except (OSError, ExceptionGroup) as raised:
+        error = only(raised, OSError)
+        if error is None:
+            raise
+        raise _CannotListen(f"cannot listen {what}on {_format_address(address)}: {error}") from None
+    return bound
+
+
+async def _serve(tcp: LogatronServer, http: HttpServer | None) -> None:
+    # Both servers listen before either line is printed; they serve until cancelled.
+    async with anyio.create_task_group() as tg:
+        address = await _listen(tg, tcp.serve, "", (tcp.host, tcp.port))
+        http_address = None
+        if http is not None:
+            http_address = await _listen(tg, http.serve, "for HTTP ", (http.host, http.port))
+        print(f"logatron: listening for clients on {_format_address(address)}", flush=True)
+        if http_address is not None:
+            print(
+                f"logatron: HTTP and status page on http://{_format_address(http_address)}/",
+                flush=True,
+            )
+
+
+def _setting(flag: str, envvar: str, **attrs: Any) -> Callable[[_F], _F]:
+    """``env_option`` with ServeConfig's default: the defaults have one source, --help too."""
+    return env_option(flag, envvar, default=getattr(_DEFAULT, flag[2:].replace("-", "_")), **attrs)
+
+
+def _limit(flag: str, envvar: str, minimum: int, metavar: str, help: str) -> Callable[[_F], _F]:
+    """An integer ``_setting`` of at least ``minimum``."""
+    return _setting(flag, envvar, type=Integer(min=minimum), metavar=metavar, help=help)
+
+
+@click.command(short_help="run the server")
+@host_option("address to listen on")
+@port_option("TCP port for clients (0: any free port)")
+@_limit("--buffer-size", "LOGATRON_BUFFER_SIZE", 1, "LINES", "lines kept per client")
+@_limit("--max-line-bytes", "LOGATRON_MAX_LINE_BYTES", 1, "BYTES", "longest line")
+@_limit("--max-clients", "LOGATRON_MAX_CLIENTS", 1, "N", "connected clients at most")
+@_limit("--max-state-keys", "LOGATRON_MAX_STATE_KEYS", 1, "N", "state keys per client")
+@_setting(
+    "--retention-seconds",
+    "LOGATRON_RETENTION_SECONDS",
+    type=Number(min=0),
+    metavar="SECONDS",
+    help="how long a disconnected client stays readable (0: forget it at once)",
+)
+@_limit("--max-retained", "LOGATRON_MAX_RETAINED", 0, "N", "disconnected clients kept at most")
+@backend_option
+@_setting(
+    "--log-format",
+    "LOGATRON_LOG_FORMAT",
+    type=click.Choice(get_args(LogFormat)),
+    help="the server's own log on stderr: text, or json (one object per line)",
+)
+@_setting(
+    "--http-port",
+    "LOGATRON_HTTP_PORT",
+    type=PORT,
+    metavar="PORT",
+    help="port of the HTTP API, WebSocket tail and status page (0: any free port)",
+)
+@_setting("--no-http", "LOGATRON_NO_HTTP", is_flag=True, help="no HTTP interface, TCP only")
+@token_option("bearer token every HTTP route but /healthz then requires")
+@click.pass_context
+def serve(ctx: click.Context, /, **settings: Any) -> None:
+    """Run the server until Ctrl-C or SIGTERM. Each flag can also be given as the environment
+    variable shown; the flag wins."""
+    ctx.exit(run(ServeConfig(**settings)))
