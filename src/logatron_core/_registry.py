@@ -209,10 +209,6 @@ class Registry:
             if session.release_pongs(mark):
                 del self._waiting[session]
 
-    def forget_session(self, session: "Session") -> None:
-        """``session`` closed: it waits for nothing any more."""
-        self._waiting.pop(session, None)
-
     # -- subscribers ---------------------------------------------------------------------------
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:

@@ -143,6 +143,11 @@ class Session:
         return events
 
     @property
+    def pongs_held(self) -> bool:
+        """True while a ``PONG`` waits for the registry to confirm the lines before it."""
+        return bool(self._held)
+
+    @property
     def has_replies(self) -> bool:
         """True while replies wait to be taken by :meth:`data_to_send`."""
         return bool(self._outgoing)
@@ -191,9 +196,9 @@ class Session:
             self._reply(self._connection.send(reply))
 
     def _close(self, now: float) -> None:
+        # PONGs still held are answered once confirmed (a peer may half-close after its PING
+        # and wait for the PONG); the adapter bounds how long it waits to write them.
         self.closed = True
-        self._held.clear()  # the peer is gone: nothing to confirm to it
-        self._registry.forget_session(self)
         self._registry.count_connection(-1)
         if self.name is not None:
             self._registry.disconnect(self.name, now)
