@@ -36,7 +36,7 @@ from logatron_anyio import (
     Unauthorized,
 )
 from logatron_anyio import _http as http_module
-from logatron_anyio._api import client_json
+from logatron_anyio._messages import client_json
 from logatron_core import LogEntry, Registry
 
 pytestmark = pytest.mark.anyio

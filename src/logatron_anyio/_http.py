@@ -16,7 +16,6 @@ connections a new one gets 503.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,16 @@ from wsproto.utilities import RemoteProtocolError as WebSocketProtocolError
 from logatron_core import NoSuchClient, Registry, is_valid_name
 
 from ._accept import serve_listener
-from ._api import client_json, dumps, render_metrics, run_payloads
+from ._api import render_metrics
+from ._messages import (
+    client_payload,
+    clients_payload,
+    dumps,
+    entries_payload,
+    error_json,
+    run_payloads,
+    state_json,
+)
 from ._tail import TailOptions, run_tail
 
 __all__ = [
@@ -87,7 +95,7 @@ class _HttpError(Exception):
         self, status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()
     ) -> None:
         super().__init__(message)
-        self.reply = _json_reply(status, {"error": message, "code": code}, headers)
+        self.reply = _json_reply(status, error_json(code, message), headers)
 
 
 def _json_reply(status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) -> _Reply:
@@ -311,10 +319,9 @@ class HttpServer:
         if path == "/api/clients":
             lines = query.integer("lines", 0) or 0
             bodies = [self._client_body(name, lines) for name in registry.names()]
-            body = b'{"clients":[%s],"last_seq":%d}' % (b",".join(bodies), registry.last_seq)
-            return _Reply(200, body)
+            return _Reply(200, clients_payload(bodies, registry.last_seq))
         if path == "/api/recent":
-            return await self._entries(b"", self._known(query.client()), query)
+            return await self._entries(None, self._known(query.client()), query)
         if path == "/api/tail":
             upgrade = (("upgrade", "websocket"), ("connection", "upgrade"))
             raise _HttpError(426, "upgrade-required", "/api/tail is a WebSocket", upgrade)
@@ -325,16 +332,15 @@ class HttpServer:
             if len(parts) == 4:
                 return _Reply(200, self._client_body(name, None))
             if parts[4] == "log":
-                client_field = b'"client":' + json.dumps(name).encode() + b","
-                return await self._entries(client_field, name, query)
+                return await self._entries(name, name, query)
             if parts[4] == "state":
-                return _json_reply(200, {"client": name, "state": registry.state(name)})
+                return _json_reply(200, state_json(name, registry.state(name)))
         raise _HttpError(404, "not-found", f"no such route: {path}")
 
-    async def _entries(self, fields: bytes, client: str | None, query: _Query) -> _Reply:
-        """``{<fields>"entries": [...], "last_seq": N}`` for ``since``/``limit``: a snapshot of
-        the registry's runs (cheap), encoded with a checkpoint every ENCODE_CHUNK_LINES lines,
-        so a large answer never stalls ingest or the tails."""
+    async def _entries(self, field: str | None, client: str | None, query: _Query) -> _Reply:
+        """``entries_payload`` (``"client": field`` in it unless None) for ``since``/``limit``:
+        a snapshot of the registry's runs (cheap), encoded with a checkpoint every
+        ENCODE_CHUNK_LINES lines, so a large answer never stalls ingest or the tails."""
         since = query.integer("since", 0) or 0
         limit = query.integer("limit", 1)
         last_seq = self.registry.last_seq
@@ -350,19 +356,14 @@ class HttpServer:
             if since_checkpoint >= ENCODE_CHUNK_LINES:
                 since_checkpoint = 0
                 await anyio.lowlevel.checkpoint()
-        body = b'{%s"entries":[%s],"last_seq":%d}' % (fields, b",".join(entries), last_seq)
-        return _Reply(200, body)
+        return _Reply(200, entries_payload(field, entries, last_seq))
 
     def _client_body(self, name: str, lines: int | None) -> bytes:
-        """``client_json``'s object for ``name`` with its newest ``lines`` lines (all if None),
-        the log encoded from the stored runs: ~0.6 us a line, so even every client's whole
-        buffer answers without stalling the server for long."""
+        """``name``'s record with its newest ``lines`` lines (all if None)."""
         registry = self.registry
-        summary = dumps(client_json(registry.client(name, log_limit=0)))
+        summary = registry.client(name, log_limit=0)
         runs = registry.backlog(0, name) if lines is None else registry.newest(name, lines)
-        log = b",".join(payload for run in runs for payload in run_payloads(run))
-        assert summary.endswith(b'"log":[]}')  # client_json puts the log last
-        return summary[: -len(b"[]}")] + b"[" + log + b"]}"
+        return client_payload(summary, runs)
 
     def _known(self, name: str | None) -> str | None:
         """``name`` if the registry knows it (or None); raises _HttpError (404) otherwise."""

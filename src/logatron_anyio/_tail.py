@@ -13,10 +13,10 @@ stalls keeps its backlog queued (and lags) instead of encoding it; another task 
 peer's frames (pongs, close).
 
 Speed: wsproto handles the handshake and every control frame, but text frames are built here
-(and log lines' JSON by ``run_payloads``): ~0.6 us a line against ~7 us through ``json.dumps``
-and ``WSConnection.send``, and a live tail must keep up with ingest. This is sound because the
-server accepts no extension (``AcceptConnection()`` offers none), never fragments, and only
-writes data frames while wsproto says the connection is open.
+(and the messages by ``_messages``, log lines by its ``run_payloads``): ~0.6 us a line against
+~7 us through ``json.dumps`` and ``WSConnection.send``, and a live tail must keep up with
+ingest. This is sound because the server accepts no extension (``AcceptConnection()`` offers
+none), never fragments, and only writes data frames while wsproto says the connection is open.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError as WebSocketLocalProtocolError
 
-from logatron_core import Logged, NoSuchClient, Registry, RegistryEvent
+from logatron_core import NoSuchClient, Registry
 
-from ._api import dumps, event_json, run_payloads
-from ._stream import EventStream, Lagged
+from ._messages import Current, Gap, tail_payloads
+from ._stream import EventStream
 
 __all__ = [
     "DEFAULT_TAIL_QUEUE_LINES",
@@ -111,14 +111,6 @@ def _text_frame(payload: bytes) -> bytes:
     return b"\x81\x7f" + length.to_bytes(8, "big") + payload
 
 
-def _payloads(item: RegistryEvent | Lagged) -> list[bytes]:
-    if isinstance(item, Logged):
-        return run_payloads(item, tail=True)
-    if isinstance(item, Lagged):
-        return [dumps({"type": "lagged", "missed": item.missed})]
-    return [dumps(event_json(item))]
-
-
 class _Tail:
     """One open tail: its WebSocket, its queue and its three tasks."""
 
@@ -171,7 +163,7 @@ class _Tail:
             # reader runs (on trio, writing run by run starved a live tail to ~20k lines/s).
             payloads: list[bytes] = []
             for item in events.drain(WRITE_BATCH_LINES):
-                payloads += _payloads(item)
+                payloads += tail_payloads(item)
             await self.send_payloads(payloads)
 
     async def read(self, done: Callable[[tuple[int, str]], None]) -> None:
@@ -265,7 +257,7 @@ async def run_tail(
         except NoSuchClient:  # a tail may wait for a client that has not connected yet
             backlog = deque()
         missed = registry.missed_since(cursor, client) if since is not None else 0
-        current = dumps({"type": "current", "last_seq": registry.last_seq})
+        current = Current(registry.last_seq)
         async with anyio.create_task_group() as tg:
 
             def done(reason: tuple[int, str]) -> None:
@@ -277,10 +269,10 @@ async def run_tail(
             tg.start_soon(tail.ping, done)
             try:
                 if missed:
-                    await tail.send_payloads([dumps({"type": "gap", "missed": missed})])
+                    await tail.send_payloads(tail_payloads(Gap(missed)))
                 while backlog:
-                    await tail.send_payloads(_payloads(backlog.popleft()))
-                await tail.send_payloads([current])
+                    await tail.send_payloads(tail_payloads(backlog.popleft()))
+                await tail.send_payloads(tail_payloads(current))
                 await tail.write_live(events)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 done((1006, "connection lost"))
