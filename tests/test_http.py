@@ -705,6 +705,10 @@ async def test_a_tail_whose_reader_stalls_is_closed_after_a_missed_pong() -> Non
     await _a_stalled_tail_is_closed(tail=TailOptions(ping_interval=0.3))
 
 
+async def test_a_tail_whose_reader_stalls_is_closed_past_the_send_timeout() -> None:
+    await _a_stalled_tail_is_closed(tail=TailOptions(ping_interval=3600), send_timeout=0.3)
+
+
 async def _a_stalled_tail_is_closed(**options: Any) -> None:
     async with serving(**options) as servers, tcp_client(servers, "busy") as busy:
         async with RawTail.open(servers.http_port, "/api/tail") as stalled:

@@ -121,8 +121,18 @@ class Api:
         since = request.query.integer("since", 0)
         registry, options = self.registry, self.tail_options
 
-        async def serve(stream: anyio.abc.ByteStream, ws: WSConnection) -> None:
-            await run_tail(stream, ws, registry, client=client, since=since, options=options)
+        async def serve(
+            stream: anyio.abc.ByteStream, ws: WSConnection, send_timeout: float
+        ) -> None:
+            await run_tail(
+                stream,
+                ws,
+                registry,
+                client=client,
+                since=since,
+                options=options,
+                send_timeout=send_timeout,
+            )
 
         return Upgrade(serve)
 

@@ -76,8 +76,8 @@ MAX_BODY_BYTES = 64 * 1024
 # nginx's client_header_timeout is 60 s.
 HEAD_TIMEOUT_SECONDS = 60.0
 
-# Time one write may take (an answer goes out SEND_CHUNK_BYTES at a time); past it the peer
-# is taken as gone. nginx's send_timeout is 60 s.
+# Time one write may take (an answer goes out SEND_CHUNK_BYTES at a time, a tail a batch of
+# frames at a time); past it the peer is taken as gone. nginx's send_timeout is 60 s.
 SEND_TIMEOUT_SECONDS = 60.0
 
 # Open HTTP connections (WebSocket tails included); one more is answered 503 and closed.
@@ -229,7 +229,7 @@ class HttpConnection:
         await self.write(ws.send(AcceptConnection()))
         if trailing:
             ws.receive_data(trailing)
-        await upgrade.serve(self.stream, ws)
+        await upgrade.serve(self.stream, ws, self.limits.send_timeout)
 
     async def refuse_busy(self) -> None:
         """Answer 503 to a connection past the limit: read its request first (so the close is

@@ -69,9 +69,10 @@ class HttpError(Exception):
 @dataclass(frozen=True, slots=True)
 class Upgrade:
     """Take the connection over as a WebSocket: once the handshake is accepted, ``serve`` is
-    called with the socket and the wsproto connection, and serves it to its end."""
+    called with the socket, the wsproto connection and the seconds a write may take, and
+    serves it to its end."""
 
-    serve: Callable[[anyio.abc.ByteStream, WSConnection], Awaitable[None]]
+    serve: Callable[[anyio.abc.ByteStream, WSConnection, float], Awaitable[None]]
 
 
 class Query:
