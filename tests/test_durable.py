@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import pytest
 
-from logatron_anyio import Consumer, Current, LogatronServer
+from logatron_anyio import Consumer, Current, HttpServer, LogatronServer
 from logatron_anyio._durable import DurableStore
 from logatron_core import LogEntry
 from logatron_sync import LogatronHandler
@@ -243,6 +243,25 @@ def test_a_corrupt_data_dir_is_refused_not_started_empty(tmp_path: Path) -> None
     assert (tmp_path / "logatron.sqlite3").read_bytes() == b"this is not a database" * 100
 
 
+async def get_text(port: int, path: str) -> tuple[int, str]:
+    with anyio.fail_after(TIMEOUT):
+        async with await anyio.connect_tcp("127.0.0.1", port) as http:
+            await http.send(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            try:
+                while True:
+                    data += await http.receive()
+            except anyio.EndOfStream:
+                pass
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+async def get_json(port: int, path: str) -> tuple[int, Any]:
+    status, body = await get_text(port, path)
+    return status, json.loads(body)
+
+
 async def wait_for(predicate: Callable[[], bool], what: str) -> None:
     """Poll ``predicate`` (bounded by TIMEOUT) until it is true."""
     for _ in range(int(TIMEOUT / 0.01)):
@@ -256,14 +275,18 @@ async def wait_for(predicate: Callable[[], bool], what: str) -> None:
 async def test_a_full_disk_holds_pongs_and_recovers_by_itself(tmp_path: Path) -> None:
     durable = DurableStore.open(tmp_path, {}, flush_interval=0.05, max_pages=8)
     server = LogatronServer(port=0, registry=durable.registry, store_driver=durable)
+    http = HttpServer(durable.registry, port=0, store_health=lambda: durable.health)
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(durable.run)
             await tg.start(server.serve)
+            await tg.start(http.serve)
             stream = await anyio.connect_tcp("127.0.0.1", server.port)
             async with stream:
                 await stream.send(b"IAM big\n" + b"LOG " + b"x" * 60_000 + b"\n" + b"PING 1\n")
                 await wait_for(lambda: durable.health.failing, "the write fails")
+                status, health = await get_json(http.port, "/healthz")
+                assert status == 503 and health["store"] == "failing" and "full" in health["error"]
                 with anyio.move_on_after(0.3):
                     await stream.receive()
                     raise AssertionError("a PONG for lines that are not on disk")
@@ -271,6 +294,10 @@ async def test_a_full_disk_holds_pongs_and_recovers_by_itself(tmp_path: Path) ->
                 with anyio.fail_after(TIMEOUT):
                     assert await stream.receive() == b"PONG 1\n"
             assert not durable.health.failing and durable.health.failed_flushes >= 1
+            assert await get_json(http.port, "/healthz") == (200, {"status": "ok", "store": "ok"})
+            _, metrics = await get_text(http.port, "/metrics")
+            assert "logatron_store_failed_flushes_total " in metrics
+            assert "logatron_store_failing 0" in metrics
             tg.cancel_scope.cancel()
     finally:
         await durable.flush()

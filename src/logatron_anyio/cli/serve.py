@@ -124,7 +124,10 @@ def build_servers(config: ServeConfig) -> Servers:
     )
     http = None
     if not config.no_http:
-        http = HttpServer(registry, config.host, config.http_port, token=config.token)
+        health = None if durable is None else (lambda: durable.health)
+        http = HttpServer(
+            registry, config.host, config.http_port, token=config.token, store_health=health
+        )
     return Servers(tcp, http, durable)
 
 
