@@ -24,6 +24,9 @@ from logatron_core import (
 from logatron_core._wire import TRIM
 
 names = st.text("abZ09_-.:@", min_size=1, max_size=128)
+tokens = st.one_of(
+    st.just(""), st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=256)
+)
 texts = st.lists(
     st.sampled_from(["a", " ", "\t", "\n", "\r", "é", "\u2028", "LOG", "SET x y"]), max_size=12
 ).map("".join)
@@ -32,6 +35,7 @@ single_line_texts = texts.map(lambda text: text.replace("\n", "").replace("\r", 
 
 @given(
     names,
+    tokens,
     st.lists(
         st.one_of(
             texts.map(lambda message: Log((message,))),
@@ -42,11 +46,11 @@ single_line_texts = texts.map(lambda text: text.replace("\n", "").replace("\r", 
     ),
 )
 def test_what_a_client_sends_the_server_parses_back(
-    name: str, sent: list[Log | SetState | Ping]
+    name: str, token: str, sent: list[Log | SetState | Ping]
 ) -> None:
     client = ClientConnection()
-    data = client.send(Identify(name)) + b"".join(client.send(event) for event in sent)
-    expected: list[ServerEvent] = [Identify(name)]
+    data = client.send(Identify(name, token)) + b"".join(client.send(event) for event in sent)
+    expected: list[ServerEvent] = [Identify(name, token)]
     for event in sent:
         if isinstance(event, Log):
             lines = event.messages[0].replace("\r\n", "\n").split("\n")
@@ -97,6 +101,15 @@ def test_invalid_names_and_keys_are_refused_and_change_nothing(name: str) -> Non
         client.send(SetState(name, "v"))
     with pytest.raises(LocalProtocolError):
         client.send(Identify("again"))
+
+
+@pytest.mark.parametrize("token", ["a b", "t" * 257, "s\u00e9cret", "a\nIAM x", "\t"])
+def test_invalid_tokens_are_refused_without_being_shown(token: str) -> None:
+    client = ClientConnection()
+    with pytest.raises(LocalProtocolError) as raised:
+        client.send(Identify("ok", token))
+    assert token not in str(raised.value)
+    assert client.state is ClientState.AWAIT_IAM
 
 
 @pytest.mark.parametrize("event", [SetState("k", "a\nb"), Ping("a\rb")])

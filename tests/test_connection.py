@@ -112,7 +112,16 @@ def test_consecutive_log_lines_arrive_as_one_event() -> None:
 
 @pytest.mark.parametrize(
     "first_line",
-    [b"LOG x\n", b"IAM\n", b"IAM a b\n", b"IAM " + b"a" * 129 + b"\n", b"IAM bad!\n", b"\n"],
+    [
+        b"LOG x\n",
+        b"IAM\n",
+        b"IAM a b c\n",  # one name and at most one token
+        b"IAM " + b"a" * 129 + b"\n",
+        b"IAM bad!\n",
+        b"IAM a " + b"t" * 257 + b"\n",  # a token over MAX_TOKEN_LENGTH
+        b"IAM a s\xc3\xa9cret\n",  # a token is printable ASCII
+        b"\n",
+    ],
 )
 def test_first_line_not_a_valid_iam_is_fatal(first_line: bytes) -> None:
     connection = ServerConnection()
@@ -123,6 +132,19 @@ def test_first_line_not_a_valid_iam_is_fatal(first_line: bytes) -> None:
         assert raised.value.code is ErrorCode.BAD_IAM
     assert connection.state is ConnectionState.FAILED
     connection.receive_data(b"LOG dropped\n")  # ignored, not an error
+
+
+@pytest.mark.parametrize("line", [b"IAM bob s3cret", b"IAM\tbob \t s3cret \t", b"IAM bob !~#"])
+def test_iam_carries_an_access_token(line: bytes) -> None:
+    event = events_of(line + b"\n")[0]
+    assert isinstance(event, Identify) and event.name == "bob"
+    assert event.token == line.split()[-1].decode()
+    assert event.token not in repr(event)  # a logged event never shows the token
+
+
+def test_longest_valid_token_is_accepted() -> None:
+    token = "".join(chr(c) for c in range(0x21, 0x7F)) * 3  # every printable ASCII character
+    assert events_of(f"IAM a {token[:256]}\n".encode())[0] == Identify("a", token[:256])
 
 
 def test_longest_valid_name_is_accepted() -> None:
@@ -186,7 +208,7 @@ def test_data_after_end_of_input_is_a_runtime_error() -> None:
 
 SAMPLE_LINES = {
     LineKind.IAM: "IAM someone",
-    LineKind.BAD_IAM: "IAM bad name",
+    LineKind.BAD_IAM: "IAM bad name here",
     LineKind.LOG: "LOG text",
     LineKind.SET: "SET key value",
     LineKind.BAD_SET: "SET",

@@ -124,7 +124,7 @@ def test_ipv6_loopback() -> None:
 # (registry limits, max_line_bytes, lines, the ERR code, whether the connection closes)
 ERROR_CASES = [
     ({}, MAX_LINE_BYTES, b"LOG before iam\n", b"bad-iam", True),
-    ({}, MAX_LINE_BYTES, b"IAM bad name!\n", b"bad-iam", True),
+    ({}, MAX_LINE_BYTES, b"IAM bad!name\n", b"bad-iam", True),
     ({}, MAX_LINE_BYTES, b"IAM taken\n", b"name-taken", True),
     ({"max_clients": 1}, MAX_LINE_BYTES, b"IAM second\n", b"too-many-clients", True),
     ({}, MAX_LINE_BYTES, b"IAM c\nFROB x\n", b"unknown-command", False),

@@ -2,11 +2,13 @@
 
 Bytes in, events out, bytes back; no sockets, threads, event loops or clock reads (every call
 that needs the time takes ``now``). Adapters drive a :class:`Session` per connection against one
-shared :class:`Registry` (the policy) over a :class:`Store` (the data: a :class:`MemoryStore`
-by default); adapters read through the :class:`LogSource` interface. Clients use
+shared :class:`Registry` (the policy) over a :class:`Store` (the data: a :class:`MemoryStore` by
+default), with an :class:`Authorizer` deciding who may identify as which name and who may read;
+adapters read through the :class:`LogSource` interface. Clients use
 :class:`ClientConnection` to encode what they send and to follow the server's replies.
 """
 
+from ._auth import Access, Authorizer, TokenGrant, certificate_names
 from ._client import ClientConnection, ClientState, split_message
 from ._connection import ConnectionState, ServerConnection
 from ._errors import (
@@ -57,6 +59,7 @@ from ._limits import (
     MAX_LINE_BYTES,
     MAX_NAME_LENGTH,
     MAX_PENDING_REPLY_BYTES,
+    MAX_TOKEN_LENGTH,
 )
 from ._memory import MemoryStore
 from ._registry import Registry
@@ -73,7 +76,7 @@ from ._store import (
     StoreReader,
     Subscriber,
 )
-from ._wire import is_valid_name
+from ._wire import is_valid_name, is_valid_token
 
 __all__ = (
     "DEFAULT_BUFFER_SIZE",
@@ -86,8 +89,11 @@ __all__ = (
     "MAX_LINE_BYTES",
     "MAX_NAME_LENGTH",
     "MAX_PENDING_REPLY_BYTES",
+    "MAX_TOKEN_LENGTH",
     "NEED_DATA",
+    "Access",
     "Append",
+    "Authorizer",
     "Batch",
     "Claim",
     "ClientClosed",
@@ -139,9 +145,12 @@ __all__ = (
     "StoredClient",
     "StoredRun",
     "Subscriber",
+    "TokenGrant",
     "TooManyClients",
     "TooManyKeys",
+    "certificate_names",
     "is_valid_name",
+    "is_valid_token",
     "rebuild",
     "split_message",
 )

@@ -30,7 +30,7 @@ from ._events import (
 )
 from ._framing import LineBuffer, Piece
 from ._limits import MAX_KEPT_ERRORS
-from ._wire import encode_line, is_valid_name, single_line, split_command
+from ._wire import encode_line, is_valid_name, is_valid_token, single_line, split_command
 
 __all__ = ["ClientConnection", "ClientState", "split_message"]
 
@@ -123,17 +123,20 @@ class ClientConnection:
                 return
 
     def send(self, event: Identify | Log | SetState | Ping) -> bytes:
-        """The bytes for ``event``. Raises LocalProtocolError (nothing changes) when the name or
-        key is invalid, a value or token holds a line break, ``IAM`` is not first or is sent
-        twice.
+        """The bytes for ``event``. Raises LocalProtocolError (nothing changes) when the name,
+        key or access token is invalid, a value or PING token holds a line break, ``IAM`` is
+        not first or is sent twice.
         """
         if isinstance(event, Identify):
             if self.state is not ClientState.AWAIT_IAM:
                 raise LocalProtocolError("IAM may be sent once per connection")
             if not is_valid_name(event.name):
                 raise LocalProtocolError(f"invalid client name: {event.name!r}")
+            if event.token and not is_valid_token(event.token):
+                # The token itself is never put in an error message.
+                raise LocalProtocolError("invalid token: 1-256 printable ASCII, no spaces")
             self.state = ClientState.IDENTIFIED
-            return encode_line("IAM", event.name)
+            return encode_line("IAM", f"{event.name} {event.token}".rstrip(" "))
         if self.state is not ClientState.IDENTIFIED:
             raise LocalProtocolError("IAM must be sent first")
         if isinstance(event, Log):

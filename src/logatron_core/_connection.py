@@ -34,7 +34,7 @@ from ._events import (
 )
 from ._framing import LineBuffer, Piece
 from ._limits import MAX_LINE_BYTES
-from ._wire import TRIM, encode_error, encode_pong, is_valid_name, split_command
+from ._wire import TRIM, encode_error, encode_pong, is_valid_name, is_valid_token, split_command
 
 __all__ = ["TRANSITIONS", "ConnectionState", "LineKind", "ServerConnection", "classify"]
 
@@ -48,7 +48,7 @@ class ConnectionState(Enum):
 
 class LineKind(Enum):
     IAM = "iam"
-    BAD_IAM = "bad-iam"  # IAM with a missing or invalid name
+    BAD_IAM = "bad-iam"  # IAM with a missing or invalid name, or an invalid token
     LOG = "log"
     SET = "set"
     BAD_SET = "bad-set"  # SET with a missing or invalid key
@@ -124,8 +124,9 @@ def classify(line: str) -> tuple[LineKind, ServerEvent | None]:
         # A lone "\r" could not be echoed back on one line: it is dropped from the token.
         return LineKind.PING, Ping(argument.replace("\r", ""))
     if command == "IAM":
-        if is_valid_name(argument):
-            return LineKind.IAM, Identify(argument)
+        name, token = split_command(argument)
+        if is_valid_name(name) and (not token or is_valid_token(token)):
+            return LineKind.IAM, Identify(name, token)
         return LineKind.BAD_IAM, None
     if not command:
         return LineKind.BLANK, None
@@ -235,7 +236,7 @@ class ServerConnection:
             elif outcome is Outcome.REJECT_SET:
                 self._events.append(Rejected(ErrorCode.BAD_SET, "expected SET <key> <value>"))
             elif outcome is Outcome.FAIL:
-                detail = "the first line must be IAM <name>"
+                detail = "the first line must be IAM <name> [<token>]"
                 self._error = RemoteProtocolError(ErrorCode.BAD_IAM, detail)
                 self._pieces.clear()
                 return

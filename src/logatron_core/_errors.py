@@ -30,13 +30,16 @@ class ErrorCode(Enum):
     BAD_SET = "bad-set"
     TOO_MANY_KEYS = "too-many-keys"
     LINE_TOO_LONG = "line-too-long"
+    UNAUTHORIZED = "unauthorized"
 
     @property
     def fatal(self) -> bool:
         return self in _FATAL
 
 
-_FATAL = frozenset({ErrorCode.BAD_IAM, ErrorCode.NAME_TAKEN, ErrorCode.TOO_MANY_CLIENTS})
+_FATAL = frozenset(
+    {ErrorCode.BAD_IAM, ErrorCode.NAME_TAKEN, ErrorCode.TOO_MANY_CLIENTS, ErrorCode.UNAUTHORIZED}
+)
 
 
 class LogatronError(Exception):
@@ -62,8 +65,9 @@ class LocalProtocolError(LogatronError, ValueError):
 
 class ServerRefused(LogatronError):
     """Seen by a client: the server answered a fatal ``ERR`` (``bad-iam``, ``name-taken``,
-    ``too-many-clients``) and closed the connection. ``code`` is the ErrorCode, ``text`` the
-    server's explanation. Every transport's client raises this same class.
+    ``too-many-clients``, ``unauthorized``) and closed the connection. ``code`` is the
+    ErrorCode, ``text`` the server's explanation. Every transport's client raises this same
+    class.
     """
 
     def __init__(self, code: ErrorCode, text: str) -> None:

@@ -5,7 +5,7 @@ lines that arrived together, and one :class:`Logged` event announces the whole r
 cost of an object would otherwise cap the server's throughput (see STYLE.md).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from ._errors import ErrorCode
@@ -49,9 +49,11 @@ NEED_DATA = NeedData.NEED_DATA
 
 @dataclass(frozen=True, slots=True)
 class Identify:
-    """``IAM <name>``: the first line of every connection."""
+    """``IAM <name> [<token>]``: the first line of every connection. The access token (empty
+    when none was sent) is kept out of ``repr``, so a logged event never shows it."""
 
     name: str
+    token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ __all__ = [
     "MAX_LINE_BYTES",
     "MAX_NAME_LENGTH",
     "MAX_PENDING_REPLY_BYTES",
+    "MAX_TOKEN_LENGTH",
 ]
 
 # The original logatron kept the last 128 lines per client.
@@ -37,6 +38,11 @@ MAX_ERROR_REPLIES_PER_RECEIVE = 100
 # Client names and state keys: 1 to 128 characters of `[A-Za-z0-9_.:@-]` (the original accepted
 # `\w+`, with no length limit).
 MAX_NAME_LENGTH = 128
+
+# Access tokens (``IAM <name> <token>``, ``Authorization: Bearer``): 1 to 256 printable ASCII
+# characters without spaces. 256 is 8 times a 32-byte secret in hex, and under the 4 KiB that
+# servers such as nginx allow for one header line.
+MAX_TOKEN_LENGTH = 256
 
 # Connected clients at once. Each costs one socket and at most buffer_size lines; 10,000 is well
 # under a default `ulimit -n` raised for servers and far above the fleets this serves.

@@ -1,7 +1,8 @@
 """One server-side connection driven against the shared registry: bytes in, replies out.
 
-This is where the protocol's decisions that need the registry are made (``name-taken``,
-``too-many-clients``, ``too-many-keys``), and where the replies to one peer wait to be written,
+This is where the protocol's decisions that need the registry or the access policy are made
+(``name-taken``, ``too-many-clients``, ``too-many-keys``, ``unauthorized``: see
+:class:`~logatron_core.Authorizer`), and where the replies to one peer wait to be written,
 so that every adapter stays a loop of::
 
     events = session.receive_data(data, now)   # Identified / ErrorReply, for its log
@@ -18,6 +19,7 @@ ones, so a peer costs at most twice the bound.
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from ._auth import Authorizer
 from ._connection import ServerConnection
 from ._errors import ErrorCode, RegistryRefusal, RemoteProtocolError
 from ._events import (
@@ -39,15 +41,20 @@ from ._registry import Registry
 __all__ = ["Session"]
 
 _NO_EVENTS: tuple[SessionEvent, ...] = ()
+_OPEN = Authorizer()
 
 
 class Session:
     """The server's side of one TCP connection, from first byte to close.
 
     Counted in the registry's ``connections_open`` from creation until it is closed.
+    ``authorizer`` decides which names the peer may identify as (an open server by default);
+    ``certificate_names`` are the names of the peer's verified TLS client certificate, None
+    for a connection without one (see :class:`~logatron_core.Authorizer`).
     """
 
     __slots__ = (
+        "_authorizer",
         "_connection",
         "_error_replies",
         "_events",
@@ -55,6 +62,7 @@ class Session:
         "_max_pending",
         "_outgoing",
         "_registry",
+        "certificate_names",
         "closed",
         "name",
         "on_replies",
@@ -66,8 +74,12 @@ class Session:
         *,
         max_line_bytes: int = MAX_LINE_BYTES,
         max_pending_reply_bytes: int = MAX_PENDING_REPLY_BYTES,
+        authorizer: Authorizer = _OPEN,
+        certificate_names: frozenset[str] | None = None,
     ) -> None:
         self._registry = registry
+        self._authorizer = authorizer
+        self.certificate_names = certificate_names
         self._connection = ServerConnection(max_line_bytes=max_line_bytes)
         self._max_pending = max_pending_reply_bytes
         self._outgoing = bytearray()
@@ -125,6 +137,13 @@ class Session:
                 self._refuse(event.code, event.detail)
             elif kind is Identify:
                 assert isinstance(event, Identify)
+                why = self._authorizer.identify_refusal(
+                    event.name, event.token, self.certificate_names
+                )
+                if why is not None:
+                    self._refuse(ErrorCode.UNAUTHORIZED, why)
+                    self._close(now)
+                    break
                 try:
                     registry.connect(event.name, now, origin=self)
                 except RegistryRefusal as refusal:

@@ -2,9 +2,10 @@
 
     line     = command [ sep argument ] [ sep ]
     sep      = 1*( " " / "\\t" )
-    IAM name | LOG [message] | SET key [value] | PING [token]     (client -> server)
-    PONG [token] | ERR code text                                  (server -> client)
+    IAM name [secret] | LOG [message] | SET key [value] | PING [token]   (client -> server)
+    PONG [token] | ERR code text                                        (server -> client)
     name, key = 1*128( ALPHA / DIGIT / "_" / "-" / "." / ":" / "@" )
+    secret    = 1*256( %x21-7E )          ; an access token: printable ASCII, no space
 
 Arguments are the rest of the line with spaces and tabs trimmed at both ends.
 """
@@ -12,7 +13,7 @@ Arguments are the rest of the line with spaces and tabs trimmed at both ends.
 import re
 
 from ._errors import ErrorCode, LocalProtocolError
-from ._limits import MAX_NAME_LENGTH
+from ._limits import MAX_NAME_LENGTH, MAX_TOKEN_LENGTH
 
 __all__ = [
     "NAME_RE",
@@ -20,11 +21,13 @@ __all__ = [
     "encode_error",
     "encode_pong",
     "is_valid_name",
+    "is_valid_token",
     "split_command",
 ]
 
 TRIM = " \t"
 NAME_RE = re.compile(rf"[A-Za-z0-9_.:@-]{{1,{MAX_NAME_LENGTH}}}")
+TOKEN_RE = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOKEN_LENGTH}}}")
 # Command, then the argument after any spaces or tabs (the caller trims the line's end first).
 _COMMAND_RE = re.compile(r"([^ \t]*)[ \t]*(.*)", re.DOTALL)
 
@@ -32,6 +35,11 @@ _COMMAND_RE = re.compile(r"([^ \t]*)[ \t]*(.*)", re.DOTALL)
 def is_valid_name(name: str) -> bool:
     """True if ``name`` is a valid client name or state key."""
     return NAME_RE.fullmatch(name) is not None
+
+
+def is_valid_token(token: str) -> bool:
+    """True if ``token`` can be sent as the access token of ``IAM <name> <token>``."""
+    return TOKEN_RE.fullmatch(token) is not None
 
 
 def split_command(line: str) -> tuple[str, str]:
