@@ -9,6 +9,7 @@ import contextlib
 import resource
 import selectors
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -59,10 +60,14 @@ class Running:
 
 
 class Peer:
-    """A blocking-socket client that reads whole reply lines."""
+    """A blocking-socket client that reads whole reply lines (over TLS with ``ssl_context``)."""
 
-    def __init__(self, port: int, timeout: float = TIMEOUT) -> None:
+    def __init__(
+        self, port: int, timeout: float = TIMEOUT, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if ssl_context is not None:
+            self.sock = ssl_context.wrap_socket(self.sock, server_hostname="127.0.0.1")
         self._buffer = b""
 
     def send(self, data: bytes) -> None:
@@ -116,7 +121,9 @@ class Servers:
         *,
         max_line_bytes: int = MAX_LINE_BYTES,
         clock: Callable[[], float] = time.time,
+        **options: Any,
     ) -> Running:
+        """A server of this kind; ``options`` go to its constructor (``ssl_context`` …)."""
         registry = registry if registry is not None else Registry()
         if self.kind == "sync":
             try:
@@ -124,7 +131,12 @@ class Servers:
             except ImportError as error:  # only while logatron_sync is being written
                 pytest.skip(f"logatron_sync is not importable: {error}")
             sync = SyncServer(
-                "127.0.0.1", 0, registry=registry, max_line_bytes=max_line_bytes, clock=clock
+                "127.0.0.1",
+                0,
+                registry=registry,
+                max_line_bytes=max_line_bytes,
+                clock=clock,
+                **options,
             )
             sync.start()
             self._stack.callback(sync.stop)
@@ -134,7 +146,7 @@ class Servers:
             )
         portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal(self.kind))
         server = LogatronServer(
-            "127.0.0.1", 0, registry=registry, max_line_bytes=max_line_bytes, clock=clock
+            "127.0.0.1", 0, registry=registry, max_line_bytes=max_line_bytes, clock=clock, **options
         )
         future, _ = portal.start_task(server.serve)
         self._stack.callback(future.cancel)
@@ -144,8 +156,8 @@ class Servers:
         """Call ``callback`` after everything started later is closed."""
         self._stack.callback(callback)
 
-    def peer(self, running: Running) -> Peer:
-        peer = Peer(running.port)
+    def peer(self, running: Running, ssl_context: ssl.SSLContext | None = None) -> Peer:
+        peer = Peer(running.port, ssl_context=ssl_context)
         self._stack.callback(peer.close)
         return peer
 

@@ -8,6 +8,7 @@ There is no background task: replies are read when :meth:`LogatronClient.ping` w
 from __future__ import annotations
 
 import math
+import ssl
 from types import TracebackType
 
 import anyio
@@ -23,6 +24,8 @@ from logatron_core import (
     ServerRefused,
     SetState,
 )
+
+from ._tls import connect_stream
 
 __all__ = ["ConnectionLost", "LogatronClient", "ServerRefused", "connect"]
 
@@ -40,7 +43,7 @@ class LogatronClient:
     ``MAX_KEPT_ERRORS``).
     """
 
-    def __init__(self, name: str, stream: anyio.abc.SocketStream) -> None:
+    def __init__(self, name: str, stream: anyio.abc.ByteStream) -> None:
         self.name = name
         self._stream = stream
         self._connection = ClientConnection()
@@ -140,21 +143,30 @@ async def connect(
     port: int = 2212,
     *,
     timeout: float = 10.0,  # noqa: ASYNC109 (one deadline for connect and the IAM check)
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> LogatronClient:
-    """Connect, identify as ``name`` and wait until the server has accepted it.
+    """Connect, identify as ``name`` (with the access ``token``, when the server needs one)
+    and wait until the server has accepted it.
 
-    Use as ``async with await connect("bob") as client:`` (or call ``aclose()``).
-    Raises LocalProtocolError for an invalid name (nothing sent), OSError when the server cannot
-    be reached, ServerRefused when it refuses the name (name-taken, too-many-clients),
-    ConnectionLost when it closes without saying why, TimeoutError after ``timeout`` seconds.
+    With ``ssl_context`` (``logatron_sync._tls.client_context`` makes one from a CA file) the
+    connection is TLS and the server's certificate is checked against ``server_hostname``
+    (default: ``host``). Use as ``async with await connect("bob") as client:`` (or call
+    ``aclose()``). Raises LocalProtocolError for an invalid name or token (nothing sent),
+    OSError when the server cannot be reached (ssl.SSLError when its certificate is not
+    trusted), ServerRefused when it refuses the name (name-taken, too-many-clients,
+    unauthorized), ConnectionLost when it closes without saying why, TimeoutError after
+    ``timeout`` seconds.
     """
-    ClientConnection().send(Identify(name))  # validates the name before connecting
+    identify = Identify(name, token or "")
+    ClientConnection().send(identify)  # validates the name and token before connecting
     with anyio.fail_after(timeout):  # one deadline for connecting and the IAM check
-        stream = await anyio.connect_tcp(host, port)
+        stream = await connect_stream(host, port, ssl_context, server_hostname)
         client = LogatronClient(name, stream)
         try:
             # IAM and PING in one write: a refusal is then always read before the server closes.
-            await client._ping(math.inf, client._connection.send(Identify(name)))
+            await client._ping(math.inf, client._connection.send(identify))
         except BaseException:
             await client.aclose()
             raise

@@ -10,6 +10,10 @@ such a peer can neither slow its own reader nor anyone else.
 Retention: one task sleeps until the registry's next deadline (``Registry.next_deadline``), and
 is woken early whenever a connection closes (a newly retained client may bring it forward).
 
+TLS (``ssl_context``): each connection's handshake runs in its own task, bounded by
+``handshake_timeout``, before its session starts (``_tls``); the names of a verified client
+certificate go to the session, which decides with ``authorizer`` who may identify as what.
+
 Shutdown: cancelling ``serve()`` closes every connection; each one's session is ended with
 ``receive_data(b"", now)`` so its ``ClientClosed`` event is delivered, whatever the reason the
 connection ended.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -29,6 +34,8 @@ import anyio.abc
 
 from logatron_core import (
     MAX_LINE_BYTES,
+    Authorizer,
+    ErrorCode,
     ErrorReply,
     Identified,
     Registry,
@@ -38,6 +45,7 @@ from logatron_core import (
 
 from ._accept import serve_listener
 from ._stream import EventStream
+from ._tls import HANDSHAKE_TIMEOUT_SECONDS, peer_names_of, tls_handler
 
 __all__ = ["LogatronServer", "StoreDriver"]
 
@@ -86,7 +94,7 @@ class _Writer:
         self._finished = True
         self._wakeup.set()
 
-    async def run(self, stream: anyio.abc.SocketStream) -> None:
+    async def run(self, stream: anyio.abc.ByteStream) -> None:
         """Until finished and nothing is left to write (PONGs still held by the store
         included); the connection's handler bounds the wait after the reader is done."""
         session = self._session
@@ -115,6 +123,9 @@ class LogatronServer:
     ``port=0`` picks an ephemeral port; once ``serve()`` has started (``await
     tg.start(server.serve)``), ``port`` and ``address`` hold the real ones. ``registry`` is
     shared by every connection (a new default one if not given); ``clock`` gives the timestamps.
+    With ``ssl_context`` (see ``logatron_sync._tls.server_context``) clients connect over TLS
+    and have ``handshake_timeout`` seconds to complete the handshake; ``authorizer`` decides
+    which names they may identify as (anyone as anything by default).
     """
 
     def __init__(
@@ -126,6 +137,9 @@ class LogatronServer:
         max_line_bytes: int = MAX_LINE_BYTES,
         clock: Callable[[], float] = time.time,
         store_driver: StoreDriver | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        authorizer: Authorizer | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
     ) -> None:
         if max_line_bytes < 1:
             raise ValueError(f"max_line_bytes must be at least 1, not {max_line_bytes}")
@@ -136,6 +150,9 @@ class LogatronServer:
         self.clock = clock
         self.address: tuple[str, int] = (host, port)
         self.store_driver = store_driver
+        self.ssl_context = ssl_context
+        self.authorizer = authorizer if authorizer is not None else Authorizer()
+        self.handshake_timeout = handshake_timeout
         self._retention_changed: anyio.Event | None = None
 
     def events(self, max_queue: int = 1000, *, client: str | None = None) -> EventStream:
@@ -162,12 +179,19 @@ class LogatronServer:
             self.address = (str(bound[0]), int(bound[1]))
             self.port = self.address[1]
             self._retention_changed = anyio.Event()
-            tg.start_soon(serve_listener, listener, self._handle, logger)
+            handle = (
+                self._handle
+                if self.ssl_context is None
+                else tls_handler(self._handle, self.ssl_context, logger, self.handshake_timeout)
+            )
+            tg.start_soon(serve_listener, listener, handle, logger)
             tg.start_soon(self._expire_at_deadlines)
+            tls = self.ssl_context is not None
             logger.info(
-                "listening on %s",
+                "listening on %s%s",
                 _format_address(self.address),
-                extra={"event": "listening", "address": _format_address(self.address)},
+                " (TLS)" if tls else "",
+                extra={"event": "listening", "address": _format_address(self.address), "tls": tls},
             )
             task_status.started(self.address)
 
@@ -182,8 +206,13 @@ class LogatronServer:
                 await changed.wait()
             registry.expire(self.clock())
 
-    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
-        session = Session(self.registry, max_line_bytes=self.max_line_bytes)
+    async def _handle(self, stream: anyio.abc.ByteStream) -> None:
+        session = Session(
+            self.registry,
+            max_line_bytes=self.max_line_bytes,
+            authorizer=self.authorizer,
+            certificate_names=peer_names_of(stream),
+        )
         peer = "?"
         try:
             raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
@@ -232,7 +261,7 @@ class LogatronServer:
                 await stream.aclose()
 
     async def _read_loop(
-        self, stream: anyio.abc.SocketStream, session: Session, writer: _Writer, peer: str
+        self, stream: anyio.abc.ByteStream, session: Session, writer: _Writer, peer: str
     ) -> None:
         receive = stream.receive
         feed = session.receive_data
@@ -258,8 +287,9 @@ class LogatronServer:
 
 def _log_session_events(events: Sequence[SessionEvent], name: str | None, peer: str) -> None:
     """One record for the IAM, one per chunk for its errors (a flooding peer must not flood
-    the log)."""
+    the log); a refused identity (``unauthorized``) is a warning, with the peer's address."""
     errors = [event for event in events if isinstance(event, ErrorReply)]
+    refused = any(error.code is ErrorCode.UNAUTHORIZED for error in errors)
     for event in events:
         if isinstance(event, Identified):
             logger.info(
@@ -268,11 +298,13 @@ def _log_session_events(events: Sequence[SessionEvent], name: str | None, peer: 
                 peer,
                 extra={"event": "client-ready", "client": event.name, "peer": peer},
             )
-    if not errors or not logger.isEnabledFor(logging.INFO):
+    level = logging.WARNING if refused else logging.INFO
+    if not errors or not logger.isEnabledFor(level):
         return
     first = errors[0]
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    logger.info(
+    logger.log(
+        level,
         "%s: ERR %s %s%s",
         name or peer,
         first.code.value,

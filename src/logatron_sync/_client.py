@@ -7,6 +7,7 @@ read only then (and on close), so the cost of ``log()`` is one ``sendall``.
 """
 
 import socket
+import ssl
 import time
 from collections.abc import Iterable
 from types import TracebackType
@@ -38,20 +39,38 @@ class LogatronClient:
     Non-fatal ``ERR`` replies (``too-many-keys``, ``line-too-long`` …) are read while waiting
     for a ``PONG`` and collected in :attr:`errors`. ``timeout`` bounds connecting, each send and
     each wait for a ``PONG``.
+
+    ``token`` is sent with ``IAM`` to a server that needs one (ServerRefused ``unauthorized``
+    otherwise). With ``ssl_context`` (``logatron_sync._tls.client_context`` makes one from a CA
+    file) the connection is TLS, the server's certificate checked against ``server_hostname``
+    (default: ``host``); a certificate it does not trust raises ssl.SSLCertVerificationError.
     """
 
     def __init__(
-        self, name: str, host: str = "127.0.0.1", port: int = 2212, *, timeout: float = 10.0
+        self,
+        name: str,
+        host: str = "127.0.0.1",
+        port: int = 2212,
+        *,
+        timeout: float = 10.0,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         self.name = name
         self.timeout = timeout
         self._connection = ClientConnection()
-        identify = self._connection.send(Identify(name))  # validates the name first
+        # Validates the name and token first; the token is not kept anywhere else.
+        identify = self._connection.send(Identify(name, token or ""))
         self._ended = False  # the server closed its side
         self._sock: socket.socket | None = None
         sock = socket.create_connection((host, port), timeout=timeout)
         self._sock = sock
         try:
+            if ssl_context is not None:
+                sock = self._sock = ssl_context.wrap_socket(
+                    sock, server_hostname=server_hostname or host
+                )
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(identify)
             self.ping()

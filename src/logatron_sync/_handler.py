@@ -11,14 +11,16 @@ only when it was sent but not confirmed before the connection broke.
 """
 
 import logging
+import ssl
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 
-from logatron_core import LocalProtocolError, is_valid_name
+from logatron_core import LocalProtocolError, is_valid_name, is_valid_token
 
 from ._client import LogatronClient
+from ._tls import client_context
 
 __all__ = ["HandlerStats", "LogatronHandler"]
 
@@ -58,8 +60,13 @@ class LogatronHandler(logging.Handler):
     :meth:`flush` waits up to ``flush_timeout`` seconds for every record to be confirmed;
     :meth:`close` flushes for up to ``close_timeout`` seconds, then stops the thread. Keyword
     arguments only after ``port``, so it can be built by :func:`logging.config.dictConfig`.
-    Raises LocalProtocolError (a ValueError) for an invalid client name and ValueError for a
-    ``queue_size`` below 1.
+
+    ``token`` goes with ``IAM`` to a server that needs one. TLS: ``ssl_context``, or, as plain
+    values for ``dictConfig``, ``tls=True`` (trusting the system's CAs), ``tls_ca`` (a CA file;
+    implies TLS), ``tls_cert`` and ``tls_key`` (a client certificate and its key). A refused
+    name or token, like an unreachable server, is retried and shows in ``stats().last_error``.
+    Raises LocalProtocolError (a ValueError) for an invalid client name or token, ValueError
+    for a ``queue_size`` below 1, OSError or ssl.SSLError for TLS files it cannot use.
     """
 
     def __init__(
@@ -76,9 +83,19 @@ class LogatronHandler(logging.Handler):
         flush_timeout: float = 2.0,
         close_timeout: float = 1.0,
         level: int | str = logging.NOTSET,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        tls: bool = False,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
         if not is_valid_name(name):
             raise LocalProtocolError(f"invalid client name: {name!r}")
+        if token and not is_valid_token(token):
+            raise LocalProtocolError("invalid token: 1-256 printable ASCII, no spaces")
+        if ssl_context is None and (tls or tls_ca or tls_cert):
+            ssl_context = client_context(tls_ca, cert=tls_cert, key=tls_key)
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         super().__init__(level)
@@ -92,6 +109,8 @@ class LogatronHandler(logging.Handler):
         self.max_backoff = max_backoff
         self.flush_timeout = flush_timeout
         self.close_timeout = close_timeout
+        self._token = token
+        self.ssl_context = ssl_context
         self.dropped = 0
         self._mutex = threading.Lock()
         self._wakeup = threading.Condition(self._mutex)  # the sender waits on it
@@ -175,7 +194,12 @@ class LogatronHandler(logging.Handler):
         while not self._stopping:
             try:
                 client = LogatronClient(
-                    self.client_name, self.host, self.port, timeout=self.timeout
+                    self.client_name,
+                    self.host,
+                    self.port,
+                    timeout=self.timeout,
+                    token=self._token,
+                    ssl_context=self.ssl_context,
                 )
             except Exception as error:  # OSError, ServerRefused; never let the thread die
                 self._failed(error)

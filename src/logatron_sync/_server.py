@@ -8,12 +8,18 @@ otherwise when the socket is writable. The loop sleeps in ``select`` until the r
 deadline (retention expiry), or until an accept() paused for lack of descriptors may be retried.
 The registry is only ever touched from the loop's thread; other threads reach the loop through
 ``stop()`` and ``call()``, which write one byte to a wake-up socket pair.
+
+Each peer is a ``_channel.Channel``. With TLS (``ssl_context``) the loop drives each handshake
+and closes a connection that has not finished it ``handshake_timeout`` seconds after accept
+(deadlines in accept order: the loop looks only at the oldest); a TLS socket holding input
+that ``select`` cannot see is read again before the loop sleeps.
 """
 
 import errno
 import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -23,16 +29,24 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
-from logatron_core import MAX_LINE_BYTES, ErrorReply, Identified, Registry, Session
+from logatron_core import (
+    MAX_LINE_BYTES,
+    Authorizer,
+    ErrorCode,
+    ErrorReply,
+    Identified,
+    Registry,
+    Session,
+)
+
+from ._channel import RECV_BYTES, Channel, format_address
+from ._tls import HANDSHAKE_TIMEOUT_SECONDS
 
 __all__ = ["LogatronServer"]
 
 _logger = logging.getLogger("logatron_sync.server")
 _T = TypeVar("_T")
 
-# One recv takes up to this much: large reads mean few syscalls and long runs of lines per
-# session call, which is where the core is fastest.
-RECV_BYTES: Final = 256 * 1024
 # Fairness: one connection's turn should cost about this much time (seconds). A connection whose
 # input is slow to apply (a flood of unknown commands costs the core ~20 times more per byte than
 # LOG lines) is read in smaller pieces, down to MIN_RECV_BYTES, so that the others still get a
@@ -47,21 +61,6 @@ _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.
 # Connections accepted per readable event of the listener, so a connect storm cannot starve
 # the peers that are already connected.
 ACCEPTS_PER_TICK: Final = 64
-# When a connection ends, at most this much unread input is drained before it is closed (a
-# close with unread input sends a reset, which can destroy the ERR reply the peer has yet to read).
-_DRAIN_BYTES: Final = 64 * 1024
-
-
-class _Connection:
-    __slots__ = ("out", "peer", "recv_bytes", "session", "sock", "writing")
-
-    def __init__(self, sock: socket.socket, session: Session, peer: str) -> None:
-        self.sock = sock
-        self.session = session
-        self.peer = peer
-        self.recv_bytes = RECV_BYTES  # adapted to the cost of this peer's input
-        self.out = b""  # replies taken from the session, not yet all written
-        self.writing = False  # registered for EVENT_WRITE too
 
 
 class LogatronServer:
@@ -75,7 +74,9 @@ class LogatronServer:
     ``registry`` is shared with the caller (a new :class:`~logatron_core.Registry` by default);
     it is only modified from the thread that runs the loop, so read it from another thread only
     when no peer is sending (after a ``PING`` barrier, for instance). ``clock`` gives the time
-    stamped on every line.
+    stamped on every line. With ``ssl_context`` (``logatron_sync._tls.server_context``) clients
+    connect over TLS and have ``handshake_timeout`` seconds to complete the handshake;
+    ``authorizer`` decides which names they may identify as (anyone as anything by default).
     """
 
     def __init__(
@@ -86,9 +87,17 @@ class LogatronServer:
         registry: Registry | None = None,
         max_line_bytes: int = MAX_LINE_BYTES,
         clock: Callable[[], float] = time.time,
+        ssl_context: ssl.SSLContext | None = None,
+        authorizer: Authorizer | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
     ) -> None:
         if max_line_bytes < 1:
             raise ValueError("max_line_bytes must be at least 1")
+        self.ssl_context = ssl_context
+        self.authorizer = authorizer if authorizer is not None else Authorizer()
+        self.handshake_timeout = handshake_timeout
+        self._handshaking: deque[Channel] = deque()  # in accept order: oldest deadline first
+        self._more: set[Channel] = set()  # TLS sockets holding input select cannot see
         self.registry = registry if registry is not None else Registry()
         self.max_line_bytes = max_line_bytes
         self._clock = clock
@@ -100,7 +109,7 @@ class LogatronServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._connections: dict[socket.socket, _Connection] = {}
+        self._connections: dict[socket.socket, Channel] = {}
         self._lock = threading.Lock()
         self._serving = False
         self._stopping = False
@@ -232,16 +241,19 @@ class LogatronServer:
         read_event, write_event = selectors.EVENT_READ, selectors.EVENT_WRITE
         while not self._stopping:
             for key, mask in selector.select(self._select_timeout()):
-                connection: _Connection | None = key.data
+                connection: Channel | None = key.data
                 if connection is not None:
                     try:
+                        if connection.deadline is not None:
+                            self._handshake(connection)
+                            continue
                         if mask & read_event:
-                            self._on_readable(selector, connection)
+                            self._on_readable(connection)
                         if mask & write_event and connection.writing:
-                            self._on_writable(selector, connection)
+                            connection.write()
                     except Exception:
                         _logger.exception("connection failed; closing it")
-                        self._abort(selector, connection)
+                        self._abort(connection)
                 elif key.fileobj is listener:
                     self._accept(selector)
                 elif key.fileobj is wake_r:
@@ -250,11 +262,20 @@ class LogatronServer:
                     except OSError:
                         pass
                     self._run_calls()
+            self._read_more()
             self._on_deadlines(selector)
 
     def _select_timeout(self) -> float | None:
-        """Until the registry's next deadline or the end of an accept pause (None: no timer)."""
+        """Until the registry's next deadline, the end of an accept pause or the oldest TLS
+        handshake's deadline (None: no timer); 0 while TLS sockets hold decrypted input."""
+        if self._more:
+            return 0.0
         timeouts: list[float] = []
+        handshaking = self._handshaking
+        while handshaking and handshaking[0].deadline is None:
+            handshaking.popleft()  # done (or closed): nothing to wait for
+        if handshaking:
+            timeouts.append((handshaking[0].deadline or 0.0) - time.monotonic())
         deadline = self.registry.next_deadline()
         if deadline is not None:
             timeouts.append(deadline - self._clock())
@@ -267,6 +288,12 @@ class LogatronServer:
         if paused_until is not None and time.monotonic() >= paused_until:
             self._accept_paused_until = None
             selector.register(self._listener, selectors.EVENT_READ, None)
+        handshaking, now = self._handshaking, time.monotonic()
+        while handshaking and (handshaking[0].deadline or 0.0) <= now:
+            late = handshaking.popleft()
+            if late.deadline is not None:  # else done, or closed
+                _logger.info("TLS handshake from %s failed: no handshake in time", late.peer)
+                self._abort(late)
         deadline = self.registry.next_deadline()
         if deadline is not None and self._clock() >= deadline:
             try:
@@ -293,23 +320,56 @@ class LogatronServer:
                 sock.setblocking(False)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                session = Session(self.registry, max_line_bytes=self.max_line_bytes)
-                connection = _Connection(sock, session, _format_address(address))
-                selector.register(sock, selectors.EVENT_READ, connection)
+                deadline = None
+                if self.ssl_context is not None:
+                    sock = self.ssl_context.wrap_socket(
+                        sock, server_side=True, do_handshake_on_connect=False
+                    )
+                    deadline = time.monotonic() + self.handshake_timeout
+                session = Session(
+                    self.registry, max_line_bytes=self.max_line_bytes, authorizer=self.authorizer
+                )
+                peer = format_address(address)
+                connection = Channel(sock, session, peer, selector, deadline)
             except Exception:
                 _logger.exception("setting up a connection failed")
                 sock.close()
                 continue
             self._connections[sock] = connection
+            if deadline is not None:
+                self._handshaking.append(connection)
 
-    def _on_readable(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
-        recv_bytes = connection.recv_bytes
+    def _handshake(self, connection: Channel) -> None:
+        """Take the TLS handshake one step further; once done, read what may be waiting."""
         try:
-            data = connection.sock.recv(recv_bytes)
-        except (BlockingIOError, InterruptedError):
+            done = connection.handshake()
+        except OSError as error:  # ssl.SSLError: plain text, garbage, an untrusted certificate
+            _logger.info("TLS handshake from %s failed: %s", connection.peer, error)
+            connection.deadline = None
+            self._abort(connection)
             return
-        except OSError:  # ConnectionResetError and the like: the peer is gone
-            data = b""
+        if done:
+            self._on_readable(connection)  # input may be waiting inside the TLS layer
+
+    def _read_more(self) -> None:
+        """Read the TLS sockets that hold input ``select`` cannot see."""
+        more, self._more = self._more, set()
+        for connection in more:
+            if self._connections.get(connection.sock) is not connection:
+                continue  # closed meanwhile
+            try:
+                self._on_readable(connection)
+            except Exception:
+                _logger.exception("connection failed; closing it")
+                self._abort(connection)
+
+    def _on_readable(self, connection: Channel) -> None:
+        recv_bytes = connection.recv_bytes
+        data = connection.receive()
+        if connection.more:
+            self._more.add(connection)
+        if data is None:
+            return
         session = connection.session
         started = perf_counter()
         events = session.receive_data(data, self._clock())
@@ -322,64 +382,19 @@ class LogatronServer:
             if isinstance(event, Identified):
                 _logger.info("client %s connected (%s)", event.name, connection.peer)
             elif isinstance(event, ErrorReply) and event.code.fatal:
-                _logger.info("%s: ERR %s %s", connection.peer, event.code.value, event.text)
+                level = logging.WARNING if event.code is ErrorCode.UNAUTHORIZED else logging.INFO
+                _logger.log(level, "%s: ERR %s %s", connection.peer, event.code.value, event.text)
         if session.has_replies and not connection.out:
-            self._write(selector, connection)
+            connection.write()
         if session.closed:
-            self._close(selector, connection)
+            self._close(connection)
 
-    def _write(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
-        """Write what was taken from the session, then what waits there, without blocking;
-        select the socket for writing while some remains."""
-        while True:
-            out = connection.out or connection.session.data_to_send()
-            if not out:
-                break
-            try:
-                sent = connection.sock.send(out)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                connection.out = b""  # the peer is gone; reading will tell the session
-                break
-            connection.out = out[sent:]
-            if connection.out:
-                break
-        writing = bool(connection.out)
-        if writing != connection.writing:
-            connection.writing = writing
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
-            selector.modify(connection.sock, events, connection)
-
-    def _on_writable(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
-        self._write(selector, connection)
-
-    def _close(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+    def _close(self, connection: Channel) -> None:
         """Flush what can be sent without waiting, then close the connection."""
-        sock = connection.sock
-        self._connections.pop(sock, None)
-        connection.writing = False
-        try:
-            selector.unregister(sock)
-        except (KeyError, ValueError):
-            pass
-        try:
-            out = connection.out + connection.session.data_to_send()
-            if out:
-                sock.send(out)
-            sock.shutdown(socket.SHUT_WR)
-            drained = 0
-            while drained < _DRAIN_BYTES:
-                chunk = sock.recv(_DRAIN_BYTES)
-                if not chunk:
-                    break
-                drained += len(chunk)
-        except OSError:
-            pass
-        finally:
-            sock.close()
+        self._connections.pop(connection.sock, None)
+        connection.close()
 
-    def _abort(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+    def _abort(self, connection: Channel) -> None:
         """Close a connection whose handling failed, delivering its client's ``close``."""
         try:
             connection.session.receive_data(b"", self._clock())
@@ -387,7 +402,7 @@ class LogatronServer:
             _logger.exception("closing a failed session failed")
         connection.out = b""
         connection.session.data_to_send()  # dropped: the connection failed
-        self._close(selector, connection)
+        self._close(connection)
 
     def _shutdown(self, selector: selectors.BaseSelector) -> None:
         """End every connection as if its peer had closed, then close the listener."""
@@ -396,7 +411,7 @@ class LogatronServer:
                 connection.session.receive_data(b"", self._clock())
             except Exception:
                 _logger.exception("closing a session failed")
-            self._close(selector, connection)
+            self._close(connection)
         with self._lock:
             self._calls_closed = True
         self._run_calls()
@@ -430,8 +445,3 @@ class LogatronServer:
         self._listener.close()
         self._wake_r.close()
         self._wake_w.close()
-
-
-def _format_address(address: Any) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
