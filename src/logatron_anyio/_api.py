@@ -9,7 +9,7 @@ from the tail's snapshot (``_tail.run_tail``). The shapes of the answers are in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import anyio
 import anyio.abc
@@ -52,8 +52,10 @@ class Api:
         page: bytes,
         tail_options: TailOptions,
         store_health: Callable[[], StoreHealth] | None = None,
+        auth_failures: Mapping[str, int] | None = None,
     ) -> None:
         self.registry = registry
+        self.auth_failures = auth_failures  # HTTP requests refused, by code (a live count)
         self.page = page
         self.tail_options = tail_options
         self.store_health = store_health
@@ -90,6 +92,7 @@ class Api:
             tail_subscribers=self.tail_options.subscribers,
             tail_lagged_events=self.tail_options.lagged_total,
             store=None if self.store_health is None else self.store_health(),
+            auth_failures=self.auth_failures,
         )
         return Reply(200, text.encode(), _PROMETHEUS)
 
@@ -194,9 +197,10 @@ def render_metrics(
     tail_subscribers: int,
     tail_lagged_events: int,
     store: StoreHealth | None = None,
+    auth_failures: Mapping[str, int] | None = None,
 ) -> str:
     """The Prometheus text exposition format (version 0.0.4) of the server's counters (and of
-    its durable store's, when it has one)."""
+    its durable store's, when it has one; and the HTTP requests refused for their token)."""
     stats = registry.stats
     errors = [(f'{{code="{code.value}"}}', stats.errors.get(code.value, 0)) for code in ErrorCode]
     clients = [('{status="connected"}', stats.connected), ('{status="retained"}', stats.retained)]
@@ -230,6 +234,14 @@ def render_metrics(
         _metric("logatron_subscriber_errors_total", "counter",
                 "Exceptions raised by registry subscribers.", _one(stats.subscriber_errors)),
     ]  # fmt: skip
+    if auth_failures is not None:
+        refused = [
+            (f'{{code="{code}"}}', auth_failures.get(code, 0))
+            for code in ("unauthorized", "forbidden")
+        ]
+        families.append(_metric("logatron_http_auth_failures_total", "counter",
+                                "HTTP requests refused: no valid token (401), may not read (403).",
+                                refused))  # fmt: skip
     if store is not None:
         families += [
             _metric("logatron_store_failing", "gauge",

@@ -6,15 +6,17 @@ WebSocket tail (wsproto) that reconnects by itself and resumes after the last ``
 so while the entries are still buffered nothing is lost or repeated; when they are not, the
 server's ``Gap`` notice is passed on, never hidden.
 
-Errors are distinct: :class:`Unauthorized` (401), :class:`NotFound` (404), :class:`BadResponse`
-(any other failure status, or a reply that is not the API's JSON) and :class:`Unreachable`
-(no connection could be made). All derive from :class:`ConsumerError`.
+Errors are distinct: :class:`Unauthorized` (401; its subclass :class:`Forbidden`, 403, for a
+token that may not read), :class:`NotFound` (404), :class:`BadResponse` (any other failure
+status, or a reply that is not the API's JSON) and :class:`Unreachable` (no connection could be
+made). All derive from :class:`ConsumerError`. ``https://`` URLs and HTTP proxies: ``_dial``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -42,11 +44,20 @@ from logatron_core import (
     ClientExpired,
     ClientInfo,
     ClientReady,
-    LogatronError,
     LogEntry,
     StateSet,
 )
 
+from ._consumer_errors import (
+    BadResponse,
+    ConsumerError,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    Unreachable,
+    status_error,
+)
+from ._dial import Dialer
 from ._stream import Lagged
 
 __all__ = [
@@ -54,6 +65,7 @@ __all__ = [
     "Consumer",
     "ConsumerError",
     "Current",
+    "Forbidden",
     "Gap",
     "NotFound",
     "TailEvent",
@@ -68,26 +80,6 @@ __all__ = [
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 
 RECEIVE_BYTES = 64 * 1024
-
-
-class ConsumerError(LogatronError):
-    """Base of the consumer's errors."""
-
-
-class Unauthorized(ConsumerError):
-    """The server wants a (different) bearer token: HTTP 401."""
-
-
-class NotFound(ConsumerError):
-    """No such client (or route): HTTP 404."""
-
-
-class BadResponse(ConsumerError):
-    """The server answered with an unexpected status or something that is not the API's JSON."""
-
-
-class Unreachable(ConsumerError):
-    """No connection to the server could be made (refused, unknown host, timed out)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,19 +170,6 @@ def _parse(body: bytes) -> Any:
         raise BadResponse(f"not JSON: {body[:80]!r}") from None
 
 
-def _status_error(status: int, body: bytes) -> ConsumerError:
-    try:
-        detail = json.loads(body).get("error", "")
-    except (ValueError, AttributeError):
-        detail = body[:200].decode("utf-8", "replace")
-    message = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
-    if status == 401:
-        return Unauthorized(message)
-    if status == 404:
-        return NotFound(message)
-    return BadResponse(message)
-
-
 class TailStream:
     """The events of :meth:`Consumer.tail`: an async iterator and an async context manager."""
 
@@ -218,7 +197,11 @@ class Consumer:
     """A client of one server's HTTP API: ``Consumer("http://127.0.0.1:2213", token=...)``.
 
     ``token`` defaults to the ``LOGATRON_TOKEN`` environment variable. ``timeout`` bounds each
-    request and each connection attempt. Raises ValueError for a URL that is not ``http://``.
+    request and each connection attempt. An ``https://`` URL is reached over TLS, trusting
+    ``tls``: an ``ssl.SSLContext``, or a CA file (default: ``LOGATRON_TLS_CA``, else the
+    system's CAs). ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` are honoured (see ``_dial``).
+    Raises ValueError for a URL that is not ``http://`` or ``https://`` (or ``tls`` with
+    ``http://``), OSError or ssl.SSLError for a CA file it cannot use.
     """
 
     def __init__(
@@ -227,13 +210,15 @@ class Consumer:
         *,
         token: str | None = None,
         timeout: float = 10.0,
+        tls: ssl.SSLContext | str | os.PathLike[str] | None = None,
     ) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"expected a URL like http://host:port, not {url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected a URL like http://host:port or https://…, not {url!r}")
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self._host_header = parts.netloc
+        self._dialer = Dialer.for_url(parts.scheme, self.host, self.port, tls)
         self.token = token if token is not None else os.environ.get("LOGATRON_TOKEN") or None
         self.timeout = timeout
 
@@ -285,13 +270,13 @@ class Consumer:
         except TimeoutError:
             raise Unreachable(f"no answer from {self._host_header} in {self.timeout:g} s") from None
         if status != 200:
-            raise _status_error(status, body)
+            raise status_error(status, body)
         return _convert(convert, _parse(body))
 
-    async def _connect(self) -> anyio.abc.SocketStream:
+    async def _connect(self) -> anyio.abc.ByteStream:
         try:
             with anyio.fail_after(self.timeout):
-                return await anyio.connect_tcp(self.host, self.port)
+                return await self._dialer.connect()
         except (OSError, TimeoutError) as error:
             raise Unreachable(f"cannot connect to {self._host_header}: {error}") from None
 
@@ -441,11 +426,11 @@ class Consumer:
                         elif isinstance(event, RejectConnection):
                             status = event.status_code
                             if not event.has_body:
-                                raise _status_error(status, b"")
+                                raise status_error(status, b"")
                         elif isinstance(event, RejectData):
                             rejection += event.data
                             if event.body_finished:
-                                raise _status_error(status, bytes(rejection))
+                                raise status_error(status, bytes(rejection))
                         elif isinstance(event, Ping):
                             await stream.send(ws.send(event.response()))
                         elif isinstance(event, CloseConnection):

@@ -6,7 +6,8 @@ A request's way through (the shape of h11's ``examples/trio-server.py``):
   ``HttpServer._serve`` through one :class:`HttpConnection`, which holds the h11 state
   machine, the socket and the deadlines (``next_request``, ``send``, ``send_error``,
   ``shutdown``), with keep-alive.
-- ``HttpServer._answer`` checks the body limit and the token, looks the route up in the table
+- ``HttpServer._answer`` checks the body limit and the token (``_auth.HttpGate``: 401
+  without a valid one, 403 for a token that may not read), looks the route up in the table
   (``_api.Api.routes``: the one place to add a route; ``_routes`` says how one is written) and
   calls its handler. An ``HttpError`` becomes its JSON answer; any other exception a JSON 500,
   logged with its traceback, and the server and its other connections go on.
@@ -20,13 +21,14 @@ body (none is expected) declared larger than ``max_body_bytes`` gets 413; a requ
 (or body) takes longer than ``head_timeout`` to arrive (slowloris), or a connection idle that
 long between requests, is closed; a write that takes longer than ``send_timeout`` (a peer that
 stopped reading) ends the connection; past ``max_connections`` open connections a new one gets
-503.
+503. With TLS (``ssl_context``), a connection's handshake runs before any of this, within
+``handshake_timeout`` (``_tls``).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -43,14 +45,16 @@ from wsproto.events import AcceptConnection
 from wsproto.events import Request as WebSocketRequest
 from wsproto.utilities import RemoteProtocolError as WebSocketProtocolError
 
-from logatron_core import LogSource
+from logatron_core import Authorizer, LogSource
 
 from ._accept import serve_listener
 from ._api import Api
+from ._auth import HttpGate
 from ._durable import StoreHealth
 from ._messages import error_json
 from ._routes import ApiRequest, HttpError, Query, Reply, RouteTable, Upgrade, json_reply
 from ._tail import TailOptions
+from ._tls import HANDSHAKE_TIMEOUT_SECONDS, peer_address, tls_handler
 
 __all__ = [
     "HEAD_TIMEOUT_SECONDS",
@@ -116,6 +120,11 @@ class HttpConnection:
         self.limits = limits
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self.upgraded = False  # now a WebSocket: no more HTTP on it
+
+    @property
+    def peer(self) -> str:
+        """The peer's address, for the log."""
+        return peer_address(self.stream)
 
     @property
     def reusable(self) -> bool:
@@ -251,7 +260,10 @@ class HttpConnection:
         before the peer has read it. Never raises for a peer that is gone."""
         with anyio.move_on_after(CLOSE_GRACE_SECONDS):
             try:
-                await self.stream.send_eof()
+                try:
+                    await self.stream.send_eof()
+                except NotImplementedError:
+                    pass  # TLS cannot half-close: wait for the peer, told ``connection: close``
                 while await self.stream.receive(RECEIVE_BYTES):
                     pass
             except (anyio.EndOfStream, *_GONE):
@@ -273,8 +285,11 @@ def _status_page() -> bytes:
 class HttpServer:
     """The HTTP API, the WebSocket tail and the status page over one registry.
 
-    ``token``: when set, every route but ``/healthz`` needs ``Authorization: Bearer <token>``
-    (or ``?token=<token>``, for browsers' WebSockets). ``store_health`` gives a durable store's
+    ``token`` (one token that may read) and ``authorizer`` (tokens with scopes): with either,
+    every route but ``/healthz`` needs ``Authorization: Bearer <token>`` (or ``?token=<token>``,
+    for browsers' WebSockets) of a token that may read. With ``ssl_context`` the server speaks
+    HTTPS and WSS only, and a client has ``handshake_timeout`` seconds for its handshake.
+    ``store_health`` gives a durable store's
     figures to ``/healthz`` and ``/metrics``. The limits (see the module
     comment) default to the module's constants. ``routes`` is the route table
     (``_api.Api.routes``). Raises ValueError for a limit that is not positive.
@@ -294,6 +309,9 @@ class HttpServer:
         head_timeout: float = HEAD_TIMEOUT_SECONDS,
         send_timeout: float = SEND_TIMEOUT_SECONDS,
         max_connections: int = MAX_CONNECTIONS,
+        authorizer: Authorizer | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
     ) -> None:
         limits = (max_header_bytes, max_body_bytes, head_timeout, send_timeout, max_connections)
         if min(limits) <= 0:
@@ -302,7 +320,10 @@ class HttpServer:
         self.host = host
         self.port = port
         self.address: tuple[str, int] = (host, port)
-        self._token = token.encode() if token else None
+        policy = authorizer if authorizer is not None else Authorizer()
+        self.gate = HttpGate(Authorizer.single_token(token) + policy if token else policy)
+        self.ssl_context = ssl_context
+        self.handshake_timeout = handshake_timeout
         self.tail_options = tail_options or TailOptions()
         self.limits = HttpLimits(max_header_bytes, max_body_bytes, head_timeout, send_timeout)
         self.max_connections = max_connections
@@ -312,6 +333,7 @@ class HttpServer:
             page=_status_page(),
             tail_options=self.tail_options,
             store_health=store_health,
+            auth_failures=self.gate.failures,
         )
         self.routes = RouteTable(api.routes())
 
@@ -329,9 +351,14 @@ class HttpServer:
             self.address = (str(bound[0]), int(bound[1]))
             self.port = self.address[1]
             task_status.started(self.address)
-            await serve_listener(listener, self._handle, logger)
+            handle = (
+                self._handle
+                if self.ssl_context is None
+                else tls_handler(self._handle, self.ssl_context, logger, self.handshake_timeout)
+            )
+            await serve_listener(listener, handle, logger)
 
-    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
+    async def _handle(self, stream: anyio.abc.ByteStream) -> None:
         async with stream:
             connection = HttpConnection(stream, self.limits)
             if self.open_connections >= self.max_connections:
@@ -358,7 +385,7 @@ class HttpServer:
                 if request is None:
                     return True  # closed, or too slow
                 method = request.method.decode("ascii", "replace")
-                answer = await self._answer(method, request)
+                answer = await self._answer(method, request, connection.peer)
                 if isinstance(answer, Upgrade):
                     try:
                         await connection.upgrade(request, answer)
@@ -377,7 +404,7 @@ class HttpServer:
             if not connection.reusable:
                 return True
 
-    async def _answer(self, method: str, request: h11.Request) -> Reply | Upgrade:
+    async def _answer(self, method: str, request: h11.Request, peer: str) -> Reply | Upgrade:
         """The answer to one request: its route's, an HttpError's, or a 500 (logged) for any
         other exception."""
         target = urlsplit(request.target.decode("ascii", "replace"))
@@ -389,7 +416,8 @@ class HttpServer:
                 raise HttpError(413, "body-too-large", message)
             match = self.routes.lookup(method, target.path)
             if not match.public:
-                self._authorize(headers.get("authorization"), query.text("token"))
+                token = query.text("token")
+                self.gate.check(headers.get("authorization"), token, peer, target.path)
             path = unquote(target.path)
             route, params = match.resolve(path)
             return await route.handler(ApiRequest(method, path, query, headers, params))
@@ -403,18 +431,3 @@ class HttpServer:
                 extra={"event": "http-internal-error", "method": method, "path": target.path},
             )
             return json_reply(500, error_json("internal-error", "internal error"))
-
-    def _authorize(self, authorization: bytes | None, query_token: str | None) -> None:
-        """Raises HttpError (401) unless the request carries the token (if one is set)."""
-        if self._token is None:
-            return
-        offered = b""
-        if authorization is not None:
-            scheme, _, credentials = authorization.partition(b" ")
-            if scheme.lower() == b"bearer":
-                offered = credentials.strip()
-        elif query_token is not None:
-            offered = query_token.encode()
-        if not hmac.compare_digest(offered, self._token):
-            challenge = (("www-authenticate", 'Bearer realm="logatron"'),)
-            raise HttpError(401, "unauthorized", "a valid bearer token is required", challenge)

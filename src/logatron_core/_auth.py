@@ -115,9 +115,9 @@ class Authorizer:
         return bool(self._grants)
 
     def grant(self, secret: str | None) -> TokenGrant | None:
-        """The grant of ``secret``, or None (no secret, or an unknown one). Every grant is
-        compared, in constant time each."""
-        if not secret:
+        """The grant of ``secret``, or None (no secret, one that is not a valid token, or an
+        unknown one). Every grant is compared, in constant time each."""
+        if not secret or not is_valid_token(secret):
             return None
         offered = _digest(secret)
         found = None
