@@ -170,7 +170,8 @@ def test_environment_variables_and_flags(tmp_path: Path) -> None:
         "LOGATRON_TOKEN": "secret",  # never logged
     }
     with serve(tmp_path, "--port", "0", "--no-http", env=env) as served:
-        got = talk(served.port, b"IAM bob\nLOG 0123456789abcdef\nSET a 1\nSET b 2\nPING\n")
+        data = b"IAM bob secret\nLOG 0123456789abcdef\nSET a 1\nSET b 2\nPING\n"
+        got = talk(served.port, data)  # the token guards TCP too
         assert served.stop() == 0
     assert got.startswith(b"ERR line-too-long ")
     assert b"ERR too-many-keys " in got
@@ -267,12 +268,29 @@ SERVE_VARIABLES = {
     "--data-dir": "LOGATRON_DATA_DIR",
     "--flush-interval": "LOGATRON_FLUSH_INTERVAL",
     "--fsync": "LOGATRON_FSYNC",
+    "--tls-cert": "LOGATRON_TLS_CERT",
+    "--tls-key": "LOGATRON_TLS_KEY",
+    "--tls-client-ca": "LOGATRON_TLS_CLIENT_CA",
+    "--auth-file": "LOGATRON_AUTH_FILE",
     "--token": "LOGATRON_TOKEN",
+}
+TLS_CLIENT_VARIABLES = {
+    "--tls": "LOGATRON_TLS",
+    "--tls-ca": "LOGATRON_TLS_CA",
+    "--tls-cert": "LOGATRON_TLS_CLIENT_CERT",
+    "--tls-key": "LOGATRON_TLS_CLIENT_KEY",
 }
 CONSUMER_VARIABLES = {
     "--url": "LOGATRON_URL",
     "--token": "LOGATRON_TOKEN",
     "--backend": "LOGATRON_BACKEND",
+    **TLS_CLIENT_VARIABLES,
+}
+SEND_VARIABLES = {
+    "--host": "LOGATRON_HOST",
+    "--port": "LOGATRON_PORT",
+    "--token": "LOGATRON_TOKEN",
+    **TLS_CLIENT_VARIABLES,
 }
 
 
@@ -290,7 +308,7 @@ def one_line(text: str) -> str:
     ("command", "variables"),
     [
         ("serve", SERVE_VARIABLES),
-        ("send", {"--host": "LOGATRON_HOST", "--port": "LOGATRON_PORT"}),
+        ("send", SEND_VARIABLES),
         *((command, CONSUMER_VARIABLES) for command in ("clients", "state", "recent", "tail")),
     ],
 )
@@ -486,7 +504,7 @@ def test_serve_http_with_token_and_a_tail_open_at_sigterm(tmp_path: Path) -> Non
         socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT) as client,
     ):
         assert served.http_port is not None
-        client.sendall(b"IAM bob\nLOG hello\nPING\n")
+        client.sendall(b"IAM bob s3cret\nLOG hello\nPING\n")  # --token guards TCP too
         assert client.recv(100) == b"PONG\n"
         assert http_get(served.http_port, "/healthz") == (200, b'{"status":"ok"}')
         assert http_get(served.http_port, "/api/clients")[0] == 401

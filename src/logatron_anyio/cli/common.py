@@ -1,6 +1,6 @@
 """What the commands share: the options that mean the same everywhere (the TCP address, the
-backend, the token), the types of their values, running until Ctrl-C or SIGTERM, and how a run
-fails.
+backend, the token, a client's TLS settings), the types of their values, running until Ctrl-C
+or SIGTERM, and how a run fails.
 
 Two kinds of failure, never a traceback: bad usage is click's (the subcommand's usage and an
 ``Error: ...`` line, exit status 2, raised as ``click.BadParameter``/``click.UsageError`` or by
@@ -10,24 +10,31 @@ the types here); a failed run is one ``logatron: ...`` line on stderr and exit s
 
 from __future__ import annotations
 
+import functools
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, TypeVar, get_args
 
 import anyio
 import click
 
 from logatron_core import is_valid_name
+from logatron_sync._tls import client_context
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "FILE",
     "PORT",
+    "TLS_CLIENT_OPTIONS",
     "Backend",
     "Integer",
     "Number",
+    "TlsOptions",
     "backend_option",
     "client_name",
     "env_option",
@@ -36,6 +43,9 @@ __all__ = [
     "only",
     "port_option",
     "say_error",
+    "tls_client_options",
+    "tls_options",
+    "tls_reason",
     "token_option",
     "until_signal",
 ]
@@ -63,6 +73,7 @@ class Number(click.FloatRange):
 
 
 PORT = Integer(0, 65535)
+FILE = click.Path(exists=True, dir_okay=False)  # a file that must be there (else: usage error)
 
 
 def client_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -104,6 +115,94 @@ def port_option(help: str) -> Callable[[_F], _F]:
 
 def token_option(help: str) -> Callable[[_F], _F]:
     return env_option("--token", "LOGATRON_TOKEN", metavar="TOKEN", help=help)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """A client's TLS options: ``--tls``, ``--tls-ca``, ``--tls-cert``, ``--tls-key``."""
+
+    enabled: bool = False
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @property
+    def wanted(self) -> bool:
+        """TLS was asked for: ``--tls``, or a CA or a certificate given."""
+        return self.enabled or bool(self.ca or self.cert)
+
+    def context(self) -> ssl.SSLContext:
+        """The client context (trusting ``ca``, else the system's CAs). Fails the command
+        (exit status 1) for files it cannot use."""
+        try:
+            return client_context(self.ca, cert=self.cert, key=self.key)
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            fail(f"cannot use the TLS files: {error}")
+
+
+def tls_reason(error: ssl.SSLError) -> str:
+    """A TLS failure in a few words, with what to do about an untrusted certificate."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"{error.verify_message} (give the server's CA with --tls-ca)"
+    return str(error.reason or error).lower().replace("_", " ")
+
+
+TLS_CLIENT_OPTIONS = (
+    env_option(
+        "--tls", "LOGATRON_TLS", is_flag=True, help="connect over TLS (trusting the system's CAs)"
+    ),
+    env_option(
+        "--tls-ca",
+        "LOGATRON_TLS_CA",
+        type=FILE,
+        metavar="FILE",
+        help="connect over TLS, trusting the CA certificates in FILE (PEM)",
+    ),
+    env_option(
+        "--tls-cert",
+        "LOGATRON_TLS_CLIENT_CERT",
+        type=FILE,
+        metavar="FILE",
+        help="connect over TLS with this client certificate (PEM; its key too, or --tls-key)",
+    ),
+    env_option(
+        "--tls-key",
+        "LOGATRON_TLS_CLIENT_KEY",
+        type=FILE,
+        metavar="FILE",
+        help="the client certificate's private key (PEM)",
+    ),
+)
+
+
+def tls_options(
+    tls: bool, tls_ca: str | None, tls_cert: str | None, tls_key: str | None
+) -> TlsOptions:
+    """The values of TLS_CLIENT_OPTIONS as one TlsOptions; raises click.UsageError for a key
+    without its certificate."""
+    if tls_key and not tls_cert:
+        raise click.UsageError("--tls-key goes with --tls-cert")
+    return TlsOptions(tls, tls_ca, tls_cert, tls_key)
+
+
+def tls_client_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add TLS_CLIENT_OPTIONS (``--tls``, ``--tls-ca``, ``--tls-cert``, ``--tls-key``),
+    handed to ``command`` as one ``tls`` (TlsOptions)."""
+
+    @functools.wraps(command)
+    def with_tls(
+        *args: Any,
+        tls: bool,
+        tls_ca: str | None,
+        tls_cert: str | None,
+        tls_key: str | None,
+        **params: Any,
+    ) -> Any:
+        return command(*args, tls=tls_options(tls, tls_ca, tls_cert, tls_key), **params)
+
+    for option in reversed(TLS_CLIENT_OPTIONS):
+        with_tls = option(with_tls)
+    return with_tls
 
 
 backend_option = env_option(

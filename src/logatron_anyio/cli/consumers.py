@@ -1,8 +1,9 @@
 """The consumer commands over HTTP and WebSocket: ``clients``, ``state NAME``,
 ``recent [NAME]`` and ``tail [NAME]``.
 
-They share everything but what they fetch: the options ``--url``, ``--token``, ``--backend``
-and ``--json`` (``consumer_options``), and one way to run (``_run``): until done or Ctrl-C or
+They share everything but what they fetch: the options ``--url``, ``--token``, ``--backend``,
+``--json`` and the TLS ones (``consumer_options``; ``--tls`` or a CA turns ``http://`` into
+``https://``), and one way to run (``_run``): until done or Ctrl-C or
 SIGTERM, a lost reader (``| head``) ending quietly, and each failure told in one line with
 exit status 1. A one-shot command cut short by a signal exits 128 + its number; ``tail``,
 which runs until stopped, exits 0. What they print is ``render``'s.
@@ -13,9 +14,10 @@ from __future__ import annotations
 import functools
 import io
 import os
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -24,19 +26,24 @@ import click
 from .. import (
     Consumer,
     ConsumerError,
+    Forbidden,
     NotFound,
     Unauthorized,
     Unreachable,
     sort_entries,
 )
 from .common import (
+    TLS_CLIENT_OPTIONS,
     Backend,
     Integer,
+    TlsOptions,
     backend_option,
     client_name,
     env_option,
     fail,
     only,
+    tls_options,
+    tls_reason,
     token_option,
     until_signal,
 )
@@ -55,6 +62,7 @@ class Common:
     token: str | None
     backend: Backend
     json: bool
+    tls: TlsOptions = field(default_factory=TlsOptions)
 
 
 _COMMON_OPTIONS = (
@@ -67,6 +75,7 @@ _COMMON_OPTIONS = (
     ),
     token_option("bearer token"),
     backend_option,
+    *TLS_CLIENT_OPTIONS,
     click.option("--json", is_flag=True, help="one JSON object per line, in the API's shapes"),
 )
 
@@ -76,9 +85,18 @@ def consumer_options(command: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(command)
     def with_common(
-        url: str, token: str | None, backend: Backend, json: bool, **params: Any
+        url: str,
+        token: str | None,
+        backend: Backend,
+        tls: bool,
+        tls_ca: str | None,
+        tls_cert: str | None,
+        tls_key: str | None,
+        json: bool,
+        **params: Any,
     ) -> None:
-        command(Common(url, token, backend, json), **params)
+        tls_settings = tls_options(tls, tls_ca, tls_cert, tls_key)
+        command(Common(url, token, backend, json, tls_settings), **params)
 
     for option in reversed(_COMMON_OPTIONS):
         with_common = option(with_common)
@@ -87,8 +105,13 @@ def consumer_options(command: Callable[..., None]) -> Callable[..., None]:
 
 def _run(common: Common, body: _Body, name: str | None = None, *, one_shot: bool = True) -> None:
     """Run ``body`` against the server at ``common.url``; ``name``: the client asked about."""
+    url, tls = common.url, None
+    if common.tls.wanted and url.startswith("http://"):
+        url = "https://" + url.removeprefix("http://")
+    if url.startswith("https://"):
+        tls = common.tls.context()
     try:
-        consumer = Consumer(common.url, token=common.token or "")
+        consumer = Consumer(url, token=common.token or "", tls=tls)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="'--url'") from None
     for stream in (sys.stdout, sys.stderr):
@@ -113,6 +136,8 @@ def _run(common: Common, body: _Body, name: str | None = None, *, one_shot: bool
 
 
 def _explain(error: ConsumerError, url: str, name: str | None) -> str:
+    if isinstance(error, Forbidden):
+        return "forbidden: this token may not read (check --token or LOGATRON_TOKEN)"
     if isinstance(error, Unauthorized):
         return "unauthorized: check --token or LOGATRON_TOKEN"
     if isinstance(error, NotFound):
@@ -129,6 +154,8 @@ def _reason(error: BaseException) -> str:
     cause: BaseException | None = error.__context__
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
+        if isinstance(cause, ssl.SSLError):  # its errno is OpenSSL's, not the system's
+            return f"TLS: {tls_reason(cause)}"
         if isinstance(cause, OSError) and cause.errno is not None:
             text = os.strerror(cause.errno) if cause.errno > 0 else (cause.strerror or "")
             if text:

@@ -1,5 +1,7 @@
 """``logatron send NAME``: the ``--set`` state, then every line of stdin as a ``LOG`` line,
-then a ``PING`` whose ``PONG`` confirms the server applied them all (exit status 0).
+then a ``PING`` whose ``PONG`` confirms the server applied them all (exit status 0). With
+``--token`` it identifies as ``IAM NAME TOKEN``; with ``--tls`` (or a CA or a client
+certificate) it connects over TLS.
 
 Stdin is read in chunks off the event loop and sent a batch of lines per write; a last line
 without a newline is sent too. Invalid UTF-8 is sent with U+FFFD replacement characters.
@@ -7,6 +9,7 @@ without a newline is sent too. Invalid UTF-8 is sent with U+FFFD replacement cha
 
 from __future__ import annotations
 
+import ssl
 import sys
 from typing import BinaryIO
 
@@ -16,8 +19,17 @@ import click
 
 from logatron_core import LogatronError, ServerRefused, is_valid_name
 
-from .. import connect
-from .common import client_name, fail, host_option, port_option
+from .. import ConnectionLost, connect
+from .common import (
+    TlsOptions,
+    client_name,
+    fail,
+    host_option,
+    port_option,
+    tls_client_options,
+    tls_reason,
+    token_option,
+)
 
 __all__ = ["send"]
 
@@ -41,6 +53,8 @@ def _pairs(
 @click.argument("name", callback=client_name)
 @host_option("server address")
 @port_option("server port")
+@token_option("access token, sent with IAM when the server needs one")
+@tls_client_options
 @click.option(
     "--set",
     "state",
@@ -49,21 +63,40 @@ def _pairs(
     callback=_pairs,
     help="set a state key first (repeatable)",
 )
-def send(name: str, host: str, port: int, state: list[tuple[str, str]]) -> None:
+def send(
+    name: str,
+    host: str,
+    port: int,
+    token: str | None,
+    tls: TlsOptions,
+    state: list[tuple[str, str]],
+) -> None:
     """Send the --set state, then every line of stdin as a LOG line of client NAME, then wait
     until the server confirms it has applied them all."""
+    context = tls.context() if tls.wanted else None
     try:
-        anyio.run(_send_all, name, host, port, state, sys.stdin.buffer)
+        anyio.run(_send_all, name, host, port, state, sys.stdin.buffer, token, context)
     except ServerRefused as refusal:
         fail(f"the server refused {name!r}: {refusal.code.value}: {refusal.text}")
+    except ssl.SSLError as error:
+        fail(f"cannot send to {host}:{port}: TLS: {tls_reason(error)}")
+    except ConnectionLost as error:
+        hint = "" if tls.wanted else " (a TLS port? see --tls and --tls-ca)"
+        fail(f"cannot send to {host}:{port}: {error}{hint}")
     except (OSError, TimeoutError, LogatronError) as error:
         fail(f"cannot send to {host}:{port}: {error}")
 
 
 async def _send_all(
-    name: str, host: str, port: int, state: list[tuple[str, str]], stdin: BinaryIO
+    name: str,
+    host: str,
+    port: int,
+    state: list[tuple[str, str]],
+    stdin: BinaryIO,
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    async with await connect(name, host, port) as client:
+    async with await connect(name, host, port, token=token, ssl_context=ssl_context) as client:
         for key, value in state:
             await client.set(key, value)
         partial = b""

@@ -2,9 +2,10 @@
 
 The options become one ``ServeConfig``; ``build_servers`` is the one place that constructs the
 registry and the servers from it; ``run`` serves a config and returns the exit status. Startup
-prints one line per listening server on stdout, once both listen; a port that cannot be bound
-is one line on stderr and exit status 1. The server's own log goes to stderr, as text or JSON
-lines.
+prints one line per listening server on stdout, once both listen; a port that cannot be bound,
+or a TLS or auth file that cannot be used, is one line on stderr and exit status 1. The
+server's own log goes to stderr, as text or JSON lines; on an address that is not loopback, it
+warns (one line) when TLS or tokens are missing.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .._durable import DEFAULT_FLUSH_INTERVAL, DataDirError, DurableStore
 from .common import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    FILE,
     PORT,
     Backend,
     Integer,
@@ -51,6 +53,7 @@ from .common import (
     token_option,
     until_signal,
 )
+from .network import AccessError, server_access, warn_if_exposed
 
 __all__ = ["Fsync", "LogFormat", "ServeConfig", "Servers", "build_servers", "run", "serve"]
 
@@ -78,6 +81,10 @@ class ServeConfig:
     data_dir: str | None = None
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
     fsync: Fsync = "normal"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    auth_file: str | None = None
     token: str | None = field(default=None, repr=False)  # never logged
 
 
@@ -96,7 +103,11 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 def build_servers(config: ServeConfig) -> Servers:
     """The servers over one new registry (read back from ``data_dir`` when given): the one
-    place that constructs them. Raises DataDirError when the data directory cannot be used."""
+    place that constructs them. Raises AccessError when a TLS or auth file cannot be used,
+    DataDirError when the data directory cannot be used."""
+    tcp_tls, http_tls, authorizer = server_access(
+        config.tls_cert, config.tls_key, config.tls_client_ca, config.token, config.auth_file
+    )
     options: dict[str, int | float] = {
         "buffer_size": config.buffer_size,
         "max_clients": config.max_clients,
@@ -121,12 +132,19 @@ def build_servers(config: ServeConfig) -> Servers:
         registry=registry,
         max_line_bytes=config.max_line_bytes,
         store_driver=durable,
+        ssl_context=tcp_tls,
+        authorizer=authorizer,
     )
     http = None
     if not config.no_http:
         health = None if durable is None else (lambda: durable.health)
         http = HttpServer(
-            registry, config.host, config.http_port, token=config.token, store_health=health
+            registry,
+            config.host,
+            config.http_port,
+            store_health=health,
+            authorizer=authorizer,
+            ssl_context=http_tls,
         )
     return Servers(tcp, http, durable)
 
@@ -151,9 +169,15 @@ def run(config: ServeConfig) -> int:
         )
         try:
             servers = build_servers(config)
-        except DataDirError as error:
+        except (AccessError, DataDirError) as error:
             say_error(str(error))
             return 1
+        warn_if_exposed(
+            config.host,
+            tls=config.tls_cert is not None,
+            tokens=bool(config.token or config.auth_file),
+            client_certificates=config.tls_client_ca is not None,
+        )
         anyio.run(
             until_signal, functools.partial(_serve, servers), _stopping, backend=config.backend
         )
@@ -256,10 +280,12 @@ async def _serve_ports(tcp: LogatronServer, http: HttpServer | None) -> None:
         http_address = None
         if http is not None:
             http_address = await _listen(tg, http.serve, "for HTTP ", (http.host, http.port))
-        print(f"logatron: listening for clients on {_format_address(address)}", flush=True)
-        if http_address is not None:
+        tls = " TLS" if tcp.ssl_context is not None else ""
+        print(f"logatron: listening for{tls} clients on {_format_address(address)}", flush=True)
+        if http is not None and http_address is not None:
+            scheme = "http" if http.ssl_context is None else "https"
             print(
-                f"logatron: HTTP and status page on http://{_format_address(http_address)}/",
+                f"logatron: HTTP and status page on {scheme}://{_format_address(http_address)}/",
                 flush=True,
             )
 
@@ -326,9 +352,43 @@ def _limit(flag: str, envvar: str, minimum: int, metavar: str, help: str) -> Cal
     help="with --data-dir: normal survives a crash of the server; always also a power loss "
     "(each write waits for the disk)",
 )
-@token_option("bearer token every HTTP route but /healthz then requires")
+@_setting(
+    "--tls-cert",
+    "LOGATRON_TLS_CERT",
+    type=FILE,
+    metavar="FILE",
+    help="TLS on both ports (HTTPS, WSS): the server's certificate chain (PEM)",
+)
+@_setting(
+    "--tls-key",
+    "LOGATRON_TLS_KEY",
+    type=FILE,
+    metavar="FILE",
+    help="with --tls-cert: its private key (PEM), unless the certificate file holds it",
+)
+@_setting(
+    "--tls-client-ca",
+    "LOGATRON_TLS_CLIENT_CA",
+    type=FILE,
+    metavar="FILE",
+    help="with --tls-cert: TCP clients must present a certificate this CA signed, and may "
+    "only identify as its common name or a DNS name in it (unless a token grants the name)",
+)
+@_setting(
+    "--auth-file",
+    "LOGATRON_AUTH_FILE",
+    type=FILE,
+    metavar="FILE",
+    help="tokens with scopes (TOML: [[token]] with secret or secret_sha256, read, write)",
+)
+@token_option(
+    "a token that may read (HTTP) and write as any name; then every route but /healthz, "
+    "and every TCP client, needs a token"
+)
 @click.pass_context
 def serve(ctx: click.Context, /, **settings: Any) -> None:
     """Run the server until Ctrl-C or SIGTERM. Each flag can also be given as the environment
     variable shown; the flag wins."""
+    if (settings["tls_key"] or settings["tls_client_ca"]) and not settings["tls_cert"]:
+        raise click.UsageError("--tls-key and --tls-client-ca go with --tls-cert")
     ctx.exit(run(ServeConfig(**settings)))
