@@ -7,10 +7,13 @@ threads, one blocking socket each, sending 1 MiB ``sendall`` chunks). The time r
 first byte sent to the last ``PONG`` received, so every line is counted only once the server
 has applied it. Prints one rate per server and repeat, then, as its last line, one JSON object
 with the median (and best) rate of each server. ``--compare SRC`` measures another tree in the
-same run, repeats interleaved.
+same run, repeats interleaved. ``--tls`` measures every server over TLS too (a certificate made
+with ``trustme``), each repeat a plain run and a TLS run back to back, their order swapped
+every other repeat, and prints each server's TLS/plain ratio of medians.
 
     python benchmarks/bench_server.py [--quick] [--repeats N] [--servers asyncio,trio,sync]
     python benchmarks/bench_server.py --repeats 5 --compare /work/before/src
+    python benchmarks/bench_server.py --tls --repeats 5
     python benchmarks/bench_server.py --profile trio    # cProfile of the server, to stderr
 """
 
@@ -18,7 +21,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import statistics
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 import harness
 
@@ -26,17 +33,45 @@ LINES = 250_000
 QUICK_LINES = 50_000
 # Issue 7: asyncio and trio within 5% of their medians before a restructuring.
 TARGET_AFTER_OVER_BEFORE = 0.95
+# Issue 10: ingest over TLS at least 0.6x plain TCP.
+TARGET_TLS_OVER_PLAIN = 0.6
 
 
 def run_once(
-    server: str, tree: harness.Tree, *, lines: int, profile_to: str | None = None
+    server: str,
+    tree: harness.Tree,
+    *,
+    lines: int,
+    profile_to: str | None = None,
+    tls: harness.TlsFiles | None = None,
 ) -> float:
-    """Start ``server`` of ``tree``, run the generator against it, stop it; lines per second."""
+    """Start ``server`` of ``tree`` (over TLS with ``tls``), run the generator against it,
+    stop it; lines per second."""
+    extra = () if tls is None else tls.server_options
     with harness.children() as started:
-        process = harness.Server(server, tree, profile_to=profile_to)
+        process = harness.Server(server, tree, profile_to=profile_to, extra=extra)
         started.append(process)
-        measured = harness.run_json(harness.flood_command(process.tcp_port, lines=lines))
+        flood = harness.flood_command(
+            process.tcp_port, lines=lines, tls_ca=None if tls is None else tls.ca
+        )
+        measured = harness.run_json(flood)
     return float(measured["lines"]) / float(measured["seconds"])
+
+
+def plain_and_tls(
+    server: str, tls: harness.TlsFiles, lines: int
+) -> Callable[[harness.Tree], tuple[float, float]]:
+    """A measure for ``harness.interleave``: a plain run and a TLS run of ``server``, back to
+    back, the TLS one first every other call; returns (plain, tls) lines per second."""
+    calls = itertools.count()
+
+    def measure(tree: harness.Tree) -> tuple[float, float]:
+        first_plain = next(calls) % 2 == 0
+        order = (None, tls) if first_plain else (tls, None)
+        rates = {setting: run_once(server, tree, lines=lines, tls=setting) for setting in order}
+        return rates[None], rates[tls]
+
+    return measure
 
 
 def main() -> None:
@@ -47,6 +82,11 @@ def main() -> None:
     parser.add_argument("--servers", default="asyncio,trio,sync")
     parser.add_argument("--lines", type=int, default=LINES, help="lines per client")
     parser.add_argument("--profile", metavar="SERVER", help="profile one run of SERVER")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="also measure every server over TLS, interleaved with plain TCP (TLS/plain ratio)",
+    )
     args = parser.parse_args()
     lines = QUICK_LINES if args.quick else args.lines
     repeats = args.repeats or 3
@@ -62,18 +102,44 @@ def main() -> None:
         harness.log("sync: skipped (logatron_sync has no command yet)")
         servers.remove("sync")
     summaries: dict[str, harness.Json] = {tree.label: {} for tree in measured}
-    for server in servers:
-        runs = harness.interleave(
-            measured,
-            repeats,
-            functools.partial(run_once, server, lines=lines),
-            lambda rate: f"{rate:,.0f} lines/s",
-            f"{server} repeat",
-        )
-        for label, rates in runs.items():
-            summaries[label][f"{server}_lines_per_s"] = round(statistics.median(rates))
-            summaries[label][f"{server}_best_lines_per_s"] = round(max(rates))
     must_hold: list[tuple[str, bool]] = []
+    with tempfile.TemporaryDirectory() as directory:
+        tls = harness.tls_files(Path(directory)) if args.tls else None
+        for server in servers:
+            if tls is None:
+                runs = harness.interleave(
+                    measured,
+                    repeats,
+                    functools.partial(run_once, server, lines=lines),
+                    lambda rate: f"{rate:,.0f} lines/s",
+                    f"{server} repeat",
+                )
+                for label, rates in runs.items():
+                    summaries[label][f"{server}_lines_per_s"] = round(statistics.median(rates))
+                    summaries[label][f"{server}_best_lines_per_s"] = round(max(rates))
+                continue
+            pairs = harness.interleave(
+                measured,
+                repeats,
+                plain_and_tls(server, tls, lines),
+                lambda pair: f"plain {pair[0]:,.0f} lines/s, TLS {pair[1]:,.0f} lines/s",
+                f"{server} repeat",
+            )
+            for label, runs_of_tree in pairs.items():
+                plain = statistics.median(pair[0] for pair in runs_of_tree)
+                over_tls = statistics.median(pair[1] for pair in runs_of_tree)
+                summary = summaries[label]
+                summary[f"{server}_lines_per_s"] = round(plain)
+                summary[f"{server}_tls_lines_per_s"] = round(over_tls)
+                summary[f"{server}_tls_over_plain"] = round(over_tls / plain, 3)
+                ratios = ", ".join(f"{pair[1] / pair[0]:.2f}" for pair in runs_of_tree)
+                harness.log(f"[{label}] {server} TLS/plain per repeat: {ratios}")
+                must_hold.append(
+                    (
+                        f"[{label}] {server} TLS >= {TARGET_TLS_OVER_PLAIN}x plain",
+                        over_tls >= TARGET_TLS_OVER_PLAIN * plain,
+                    )
+                )
     if args.compare:
         after, before = summaries["after"], summaries["before"]
         for server in [name for name in servers if name != "sync"]:
@@ -90,6 +156,7 @@ def main() -> None:
         "line_bytes": harness.LINE_BYTES,
         "repeats": repeats,
         "quick": args.quick,
+        "tls": args.tls,
     }
     harness.emit(measured, summaries, settings, must_hold)
 

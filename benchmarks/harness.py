@@ -17,6 +17,8 @@ startup lines, their counters from ``/metrics``, and their CPU time from Linux's
 Run as a script, this module is the load generator (``flood_command``): CLIENTS threads, one
 blocking socket each, send IAM, 64-byte LOG lines in 1 MiB ``sendall`` chunks, then PING, and
 the time runs from the first byte sent to the last PONG, so every line counted was applied.
+With ``tls_ca`` its sockets speak TLS (the server started with ``TlsFiles.server_options``;
+``tls_files`` makes a CA and a certificate for 127.0.0.1 with ``trustme``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import queue
 import re
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -53,6 +56,7 @@ __all__ = [
     "Child",
     "Json",
     "Server",
+    "TlsFiles",
     "Tree",
     "add_arguments",
     "children",
@@ -66,6 +70,7 @@ __all__ = [
     "read_reply",
     "run_json",
     "script_command",
+    "tls_files",
     "trees",
 ]
 
@@ -254,14 +259,15 @@ def server_command(
 ) -> list[str]:
     """The command of a server on ``kind`` ("asyncio", "trio" or "sync") listening on HOST, any
     free port; with HTTP (anyio only) on any free port as well, else TCP only; ``extra``
-    options of ``logatron serve`` (``--data-dir DIR``) after the others."""
+    options of ``logatron serve`` (``--data-dir DIR``; ``--tls-cert``/``--tls-key``, which
+    ``python -m logatron_sync`` takes too) after the others."""
     python = [sys.executable]
     if profile_to:
         python += ["-m", "cProfile", "-o", profile_to]
     if kind == "sync":
         if with_http:
             raise ValueError("the sync server has no HTTP interface")
-        return [*python, "-m", "logatron_sync", "--host", HOST, "--port", "0"]
+        return [*python, "-m", "logatron_sync", "--host", HOST, "--port", "0", *extra]
     http_options = ["--http-port", "0"] if with_http else ["--no-http"]
     return [
         *python,
@@ -367,19 +373,58 @@ def print_profile(path: str, sorts: Sequence[str], limit: int) -> None:
         stats.sort_stats(key).print_stats(limit)
 
 
+# -- TLS -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A CA certificate and a server certificate for HOST with its key, as PEM files."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @property
+    def server_options(self) -> tuple[str, ...]:
+        """The options that turn TLS on for a server (``Server(..., extra=...)``)."""
+        return ("--tls-cert", str(self.cert), "--tls-key", str(self.key))
+
+
+def tls_files(directory: Path) -> TlsFiles:
+    """Make a CA and a certificate for HOST with ``trustme`` (a test dependency) in
+    ``directory``."""
+    import trustme
+
+    ca = trustme.CA()
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    ca.cert_pem.write_to_path(files.ca)
+    issued = ca.issue_cert(HOST)
+    for blob in issued.cert_chain_pems:
+        blob.write_to_path(files.cert, append=True)
+    issued.private_key_pem.write_to_path(files.key)
+    return files
+
+
 # -- the load generator --------------------------------------------------------------------------
 
 
 def flood_command(
-    port: int, *, lines: int | None = None, seconds: float | None = None
+    port: int,
+    *,
+    lines: int | None = None,
+    seconds: float | None = None,
+    tls_ca: Path | None = None,
 ) -> list[str]:
     """The load generator against ``port``: CLIENTS clients each send ``lines`` lines, or as
-    many as fit in ``seconds``. Its output (``run_json``): ``{"lines": sent, "seconds": ...}``."""
+    many as fit in ``seconds``, over TLS trusting ``tls_ca`` if given. Its output
+    (``run_json``): ``{"lines": sent, "seconds": ...}``."""
     args = ["--flood", str(port)]
     if lines is not None:
         args += ["--lines", str(lines)]
     if seconds is not None:
         args += ["--seconds", str(seconds)]
+    if tls_ca is not None:
+        args += ["--tls-ca", str(tls_ca)]
     return script_command(__file__, *args)
 
 
@@ -403,10 +448,14 @@ def _flood_client(
     seconds: float | None,
     start: threading.Barrier,
     out: list[tuple[float, int]],
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    """One client: IAM, then ``lines`` lines (or as many as fit in ``seconds``), PING, PONG."""
+    """One client: IAM, then ``lines`` lines (or as many as fit in ``seconds``), PING, PONG;
+    the TLS handshake, if any, before the start."""
     view = memoryview(LINE * SEND_CHUNK_LINES)
-    with socket.create_connection((HOST, port), timeout=RUN_TIMEOUT) as sock:
+    raw = socket.create_connection((HOST, port), timeout=RUN_TIMEOUT)
+    sock = raw if tls is None else tls.wrap_socket(raw, server_hostname=HOST)
+    with sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         start.wait(STARTUP_TIMEOUT)
         sock.sendall(b"IAM bench-%d\n" % index)
@@ -426,12 +475,15 @@ def _flood_client(
         out.append((time.perf_counter(), sent))
 
 
-def _flood(port: int, lines: int | None, seconds: float | None) -> None:
+def _flood(port: int, lines: int | None, seconds: float | None, tls_ca: str | None) -> None:
     start = threading.Barrier(CLIENTS + 1)
     finished: list[tuple[float, int]] = []
+    tls = None if tls_ca is None else ssl.create_default_context(cafile=tls_ca)
     threads = [
         threading.Thread(
-            target=_flood_client, args=(index, port, lines, seconds, start, finished), daemon=True
+            target=_flood_client,
+            args=(index, port, lines, seconds, start, finished, tls),
+            daemon=True,
         )
         for index in range(CLIENTS)
     ]
@@ -528,8 +580,9 @@ def main() -> None:
     parser.add_argument("--flood", type=int, metavar="PORT", required=True)
     parser.add_argument("--lines", type=int, help="lines per client")
     parser.add_argument("--seconds", type=float, help="or: send for this long")
+    parser.add_argument("--tls-ca", metavar="FILE", help="connect over TLS, trusting FILE")
     args = parser.parse_args()
-    _flood(args.flood, args.lines, args.seconds)
+    _flood(args.flood, args.lines, args.seconds, args.tls_ca)
 
 
 if __name__ == "__main__":

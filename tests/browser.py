@@ -20,7 +20,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -67,7 +67,15 @@ def _high_fd(fd: int) -> int:
 class Browser:
     """One headless Chromium process and its CDP pipe. Use as a context manager."""
 
-    def __init__(self, user_data_dir: Path, log_path: Path, executable: str = CHROMIUM) -> None:
+    def __init__(
+        self,
+        user_data_dir: Path,
+        log_path: Path,
+        executable: str = CHROMIUM,
+        flags: Sequence[str] = (),
+    ) -> None:
+        """Start Chromium with FLAGS and ``flags`` (such as
+        ``--ignore-certificate-errors-spki-list=…`` to trust a test server's key)."""
         if not os.access(executable, os.X_OK):
             raise FileNotFoundError(
                 f"{executable} not found: these tests need Chromium; install it with "
@@ -87,7 +95,7 @@ class Browser:
         self._from_browser, child_writes = map(_high_fd, os.pipe())
         os.set_blocking(self._to_browser, False)  # so that a write never outlasts its deadline
         try:
-            argv = [executable, *FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"]
+            argv = [executable, *FLAGS, *flags, f"--user-data-dir={user_data_dir}", "about:blank"]
             # Crash reports and caches go under the profile, not the user's home.
             env = dict(os.environ)
             env["XDG_CONFIG_HOME"] = str(user_data_dir / "xdg-config")

@@ -10,11 +10,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import logging.config
+import os
+import re
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -24,6 +30,7 @@ from logatron_core import Authorizer, ErrorCode, ServerRefused, TokenGrant
 from logatron_sync import LogatronClient, LogatronHandler
 from logatron_sync import LogatronServer as SyncServer
 from pki import Pki
+from test_cli import Lines
 from test_scenarios import TIMEOUT, Peer, Running, Servers
 
 WRITER = TokenGrant.from_secret("w-secret", write=("worker-*",))
@@ -379,3 +386,32 @@ def raw_peer(sock: socket.socket) -> Peer:
     peer = Peer.__new__(Peer)
     peer.sock = sock
     return peer
+
+
+def test_the_sync_command_with_tls_a_token_and_client_certificates(
+    tmp_path: Path, pki: Pki
+) -> None:
+    auth = tmp_path / "auth.toml"
+    auth.write_text('[[token]]\nsecret = "w-secret"\nwrite = ["worker-*"]\n')
+    files = ("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key))
+    command = [sys.executable, "-m", "logatron_sync", "--port", "0", *files]
+    command += ["--tls-client-ca", str(pki.ca_file), "--auth-file", str(auth)]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LOGATRON_")}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, env=env) as process:
+        try:
+            line = Lines(process.stdout).next()  # waits at most test_cli's TIMEOUT
+            expected = r"logatron_sync listening for TLS clients on 127\.0\.0\.1:(\d+)"
+            match = re.fullmatch(expected, line)
+            assert match, line
+            port = int(match[1])
+            context = pki.client_context("c")
+            with LogatronClient("worker-1", port=port, token="w-secret", ssl_context=context):
+                pass
+            with pytest.raises(ServerRefused):
+                LogatronClient("worker-1", port=port, ssl_context=context)  # no token, not "c"
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(TIMEOUT) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(TIMEOUT)
