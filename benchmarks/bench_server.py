@@ -9,7 +9,8 @@ has applied it. Prints one rate per server and repeat, then, as its last line, o
 with the median (and best) rate of each server. ``--compare SRC`` measures another tree in the
 same run, repeats interleaved. ``--tls`` measures every server over TLS too (a certificate made
 with ``trustme``), each repeat a plain run and a TLS run back to back, their order swapped
-every other repeat, and prints each server's TLS/plain ratio of medians.
+every other repeat, and prints each server's TLS/plain ratio of medians, of throughput and of
+the server's CPU time per line (from /proc: less sensitive to a busy machine).
 
     python benchmarks/bench_server.py [--quick] [--repeats N] [--servers asyncio,trio,sync]
     python benchmarks/bench_server.py --repeats 5 --compare /work/before/src
@@ -38,15 +39,22 @@ TARGET_TLS_OVER_PLAIN = 0.6
 
 
 def run_once(
+    server: str, tree: harness.Tree, *, lines: int, profile_to: str | None = None
+) -> float:
+    """Start ``server`` of ``tree``, run the generator against it, stop it; lines per second."""
+    return run_measured(server, tree, lines=lines, profile_to=profile_to)[0]
+
+
+def run_measured(
     server: str,
     tree: harness.Tree,
     *,
     lines: int,
     profile_to: str | None = None,
     tls: harness.TlsFiles | None = None,
-) -> float:
-    """Start ``server`` of ``tree`` (over TLS with ``tls``), run the generator against it,
-    stop it; lines per second."""
+) -> tuple[float, float]:
+    """``run_once``, over TLS with ``tls``: (lines per second, the server's CPU seconds per
+    million lines, 0.0 where /proc cannot tell)."""
     extra = () if tls is None else tls.server_options
     with harness.children() as started:
         process = harness.Server(server, tree, profile_to=profile_to, extra=extra)
@@ -55,21 +63,27 @@ def run_once(
             process.tcp_port, lines=lines, tls_ca=None if tls is None else tls.ca
         )
         measured = harness.run_json(flood)
-    return float(measured["lines"]) / float(measured["seconds"])
+        try:
+            cpu = process.cpu_seconds() * 1e6 / float(measured["lines"])
+        except RuntimeError:
+            cpu = 0.0
+    return float(measured["lines"]) / float(measured["seconds"]), cpu
 
 
-def plain_and_tls(
-    server: str, tls: harness.TlsFiles, lines: int
-) -> Callable[[harness.Tree], tuple[float, float]]:
+Pair = tuple[tuple[float, float], tuple[float, float]]
+
+
+def plain_and_tls(server: str, tls: harness.TlsFiles, lines: int) -> Callable[[harness.Tree], Pair]:
     """A measure for ``harness.interleave``: a plain run and a TLS run of ``server``, back to
-    back, the TLS one first every other call; returns (plain, tls) lines per second."""
+    back, the TLS one first every other call; returns ``run_measured``'s (rate, CPU per
+    million lines) of the plain run, then of the TLS run."""
     calls = itertools.count()
 
-    def measure(tree: harness.Tree) -> tuple[float, float]:
+    def measure(tree: harness.Tree) -> Pair:
         first_plain = next(calls) % 2 == 0
         order = (None, tls) if first_plain else (tls, None)
-        rates = {setting: run_once(server, tree, lines=lines, tls=setting) for setting in order}
-        return rates[None], rates[tls]
+        runs = {setting: run_measured(server, tree, lines=lines, tls=setting) for setting in order}
+        return runs[None], runs[tls]
 
     return measure
 
@@ -122,17 +136,26 @@ def main() -> None:
                 measured,
                 repeats,
                 plain_and_tls(server, tls, lines),
-                lambda pair: f"plain {pair[0]:,.0f} lines/s, TLS {pair[1]:,.0f} lines/s",
+                lambda pair: (
+                    f"plain {pair[0][0]:,.0f} lines/s ({pair[0][1]:.3f} CPU s/M lines), "
+                    f"TLS {pair[1][0]:,.0f} lines/s ({pair[1][1]:.3f} CPU s/M lines)"
+                ),
                 f"{server} repeat",
             )
             for label, runs_of_tree in pairs.items():
-                plain = statistics.median(pair[0] for pair in runs_of_tree)
-                over_tls = statistics.median(pair[1] for pair in runs_of_tree)
+                plain = statistics.median(pair[0][0] for pair in runs_of_tree)
+                over_tls = statistics.median(pair[1][0] for pair in runs_of_tree)
+                plain_cpu = statistics.median(pair[0][1] for pair in runs_of_tree)
+                tls_cpu = statistics.median(pair[1][1] for pair in runs_of_tree)
                 summary = summaries[label]
                 summary[f"{server}_lines_per_s"] = round(plain)
                 summary[f"{server}_tls_lines_per_s"] = round(over_tls)
                 summary[f"{server}_tls_over_plain"] = round(over_tls / plain, 3)
-                ratios = ", ".join(f"{pair[1] / pair[0]:.2f}" for pair in runs_of_tree)
+                if plain_cpu:
+                    summary[f"{server}_cpu_s_per_m_lines"] = round(plain_cpu, 4)
+                    summary[f"{server}_tls_cpu_s_per_m_lines"] = round(tls_cpu, 4)
+                    summary[f"{server}_tls_cpu_over_plain"] = round(tls_cpu / plain_cpu, 3)
+                ratios = ", ".join(f"{pair[1][0] / pair[0][0]:.2f}" for pair in runs_of_tree)
                 harness.log(f"[{label}] {server} TLS/plain per repeat: {ratios}")
                 must_hold.append(
                     (

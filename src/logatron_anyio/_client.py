@@ -125,6 +125,10 @@ class LogatronClient:
         self._raise_if_gone()
         try:
             data = await self._stream.receive(_RECEIVE_BYTES)
+        except ssl.SSLError as error:  # the server refused our certificate, or broke TLS
+            self._lost = True
+            reason = error.reason or str(error)
+            raise ConnectionLost(f"the server ended the TLS session: {reason}") from error
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             data = b""
         connection = self._connection

@@ -1,13 +1,13 @@
-"""One peer of the sync server: its non-blocking socket (plain or TLS), its ``Session``, the
-replies being written, and what the selector watches for it. The server's loop decides when
-to call each method; a channel never blocks.
+"""One peer of the sync server: its non-blocking socket, its ``Session``, the bytes being
+written, TLS when the server has it, and what the selector watches for it. The server's loop
+decides when to call each method; a channel never blocks.
 
-TLS: the socket is wrapped at accept without a handshake, and :meth:`Channel.handshake` takes
-it one step further on each event, selecting the socket for what ``SSLWantReadError`` or
-``SSLWantWriteError`` ask. A TLS socket can hold decrypted bytes that ``select`` does not
-see: :meth:`Channel.receive` takes records until ``recv_bytes`` or until the socket would
-block, and says (``more``) when it must be read again before the loop sleeps. A write that
-TLS could not finish is offered again with the same bytes, as OpenSSL requires.
+TLS runs on memory BIOs (``ssl.SSLObject``), as anyio's does, not on an ``ssl.SSLSocket``: the
+socket is read with one large ``recv`` as without TLS, and every record that came whole is
+decrypted at once, so no input ever waits inside the TLS layer where ``select`` cannot see it
+(an ``SSLSocket`` makes two ``recv`` calls per 16 KiB record, and hides what it has read).
+What TLS has to send (the handshake, encrypted replies) joins ``out``, the bytes being
+written; :meth:`Channel.handshake` takes the handshake one step further on each event.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ RECV_BYTES: Final = 256 * 1024
 # When a connection ends, at most this much unread input is drained before it is closed (a
 # close with unread input sends a reset, which can destroy the ERR reply the peer has yet to read).
 _DRAIN_BYTES: Final = 64 * 1024
-_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+# The most one TLS record carries (RFC 8446, 5.1): what each decryption asks for (a read
+# allocates all it asks for, and returns at most one record).
+_TLS_RECORD_BYTES: Final = 16 * 1024
 
 
 def format_address(address: Any) -> str:
@@ -39,19 +41,20 @@ def format_address(address: Any) -> str:
 
 
 class Channel:
-    """A peer's socket and session. ``deadline`` (monotonic) is when its TLS handshake must be
-    done, None once it is (or without TLS); ``more`` is true when a TLS socket holds input
-    that ``select`` will not announce."""
+    """A peer's socket and session. With ``ssl_context`` the peer speaks TLS, and
+    ``deadline`` (monotonic) is when its handshake must be done (None once it is)."""
 
     __slots__ = (
+        "_incoming",
+        "_outgoing",
         "deadline",
-        "more",
         "out",
         "peer",
         "recv_bytes",
         "selector",
         "session",
         "sock",
+        "tls",
         "writing",
     )
 
@@ -61,6 +64,7 @@ class Channel:
         session: Session,
         peer: str,
         selector: selectors.BaseSelector,
+        ssl_context: ssl.SSLContext | None = None,
         deadline: float | None = None,
     ) -> None:
         self.sock = sock
@@ -69,71 +73,95 @@ class Channel:
         self.selector = selector
         self.deadline = deadline
         self.recv_bytes = RECV_BYTES  # adapted to the cost of this peer's input
-        self.out = b""  # replies taken from the session, not yet all written
+        self.out = b""  # bytes for the socket (encrypted, with TLS), not yet all written
         self.writing = False  # selected for writing as well as reading
-        self.more = False
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self.tls: ssl.SSLObject | None = None
+        if ssl_context is not None:
+            self.tls = ssl_context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         selector.register(sock, selectors.EVENT_READ, self)
 
     def handshake(self) -> bool:
-        """One step of the TLS handshake: True once it is done (the session then has the
-        certificate's names), False while it waits for the peer. Raises OSError (ssl.SSLError)
-        when it fails."""
-        sock = self.sock
-        assert isinstance(sock, ssl.SSLSocket)
+        """One step of the TLS handshake with what the peer has sent: True once it is done
+        (the session then has the certificate's names), False while it waits for the peer.
+        Raises OSError (ssl.SSLError) when it fails or the peer leaves."""
+        tls = self.tls
+        assert tls is not None
+        raw = self._recv(self.recv_bytes)
+        if raw == b"":
+            raise ConnectionError("the peer closed during the handshake")
+        if raw:
+            self._incoming.write(raw)
         try:
-            sock.do_handshake()
+            tls.do_handshake()
+            done = True
         except ssl.SSLWantReadError:
-            self.selector.modify(sock, selectors.EVENT_READ, self)
-            return False
-        except ssl.SSLWantWriteError:
-            self.selector.modify(sock, selectors.EVENT_WRITE, self)
-            return False
-        self.deadline = None
-        self.session.certificate_names = peer_names(sock)
-        self.selector.modify(sock, selectors.EVENT_READ, self)
-        return True
+            done = False
+        finally:
+            self.out += self._outgoing.read()  # our part of the handshake, or an alert
+            self.write()
+        if done:
+            self.deadline = None
+            self.session.certificate_names = peer_names(tls)
+        return done
 
     def receive(self) -> bytes | None:
-        """What the peer sent, up to ``recv_bytes``: b"" at its end, None if nothing now."""
-        sock, limit = self.sock, self.recv_bytes
-        self.more = False
-        if not isinstance(sock, ssl.SSLSocket):
-            try:
-                return sock.recv(limit)
-            except (BlockingIOError, InterruptedError):
-                return None
-            except OSError:  # ConnectionResetError and the like: the peer is gone
-                return b""
+        """What the peer sent, up to ``recv_bytes`` read from the socket: b"" at its end,
+        None if nothing now. Over TLS, every record that has come whole, decrypted (some may
+        have come with the handshake; a broken record counts as the end)."""
+        raw = self._recv(self.recv_bytes)
+        tls = self.tls
+        if tls is None:
+            return raw
+        if raw:
+            self._incoming.write(raw)
         chunks: list[bytes] = []
-        size = 0
-        while size < limit:
+        ended = False
+        while True:
             try:
-                chunk = sock.recv(limit - size)
-            except _WOULD_BLOCK:
-                break
-            except OSError:  # a broken record, a reset: the end
+                chunk = tls.read(_TLS_RECORD_BYTES)
+            except ssl.SSLWantReadError:
+                break  # the rest of a record is still on its way
+            except (ssl.SSLError, ValueError):  # close_notify, a broken record
                 chunk = b""
             if not chunk:
-                if not chunks:
-                    return b""
-                self.more = True  # the end, said by the next read
+                ended = True
                 break
             chunks.append(chunk)
-            size += len(chunk)
-        self.more = self.more or sock.pending() > 0
-        return b"".join(chunks) if chunks else None
+        if self._outgoing.pending:  # TLS 1.3 may answer (a key update)
+            self.out += self._outgoing.read()
+            self.write()
+        if chunks:
+            return b"".join(chunks)  # an end after them shows on the socket's next read
+        return b"" if ended or raw == b"" else None
+
+    def _recv(self, limit: int) -> bytes | None:
+        try:
+            return self.sock.recv(limit)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:  # ConnectionResetError and the like: the peer is gone
+            return b""
+
+    def _encode(self, data: bytes) -> bytes:
+        """``data`` as it goes on the socket (encrypted, with TLS)."""
+        if self.tls is None or not data:
+            return data
+        self.tls.write(data)
+        return self._outgoing.read()
 
     def write(self) -> None:
-        """Write what was taken from the session, then what waits there, without blocking;
-        select the socket for writing while some remains."""
+        """Write what is waiting, then the session's replies, without blocking; select the
+        socket for writing while some remains."""
         while True:
-            out = self.out or self.session.data_to_send()
+            out = self.out or self._encode(self.session.data_to_send())
             if not out:
                 break
             try:
                 sent = self.sock.send(out)
-            except _WOULD_BLOCK:
-                sent = 0  # TLS: the same bytes are offered again, as OpenSSL requires
+            except (BlockingIOError, InterruptedError):
+                sent = 0
             except OSError:
                 self.out = b""  # the peer is gone; reading will tell the session
                 break
@@ -155,7 +183,7 @@ class Channel:
         except (KeyError, ValueError):
             pass
         try:
-            out = self.out + self.session.data_to_send()
+            out = self.out + self._encode(self.session.data_to_send())
             if out:
                 sock.send(out)
             sock.shutdown(socket.SHUT_WR)
@@ -165,7 +193,7 @@ class Channel:
                 if not chunk:
                     break
                 drained += len(chunk)
-        except OSError:
+        except (OSError, ssl.SSLError, ValueError):
             pass
         finally:
             sock.close()

@@ -9,10 +9,10 @@ deadline (retention expiry), or until an accept() paused for lack of descriptors
 The registry is only ever touched from the loop's thread; other threads reach the loop through
 ``stop()`` and ``call()``, which write one byte to a wake-up socket pair.
 
-Each peer is a ``_channel.Channel``. With TLS (``ssl_context``) the loop drives each handshake
-and closes a connection that has not finished it ``handshake_timeout`` seconds after accept
-(deadlines in accept order: the loop looks only at the oldest); a TLS socket holding input
-that ``select`` cannot see is read again before the loop sleeps.
+Each peer is a ``_channel.Channel`` (TLS on memory BIOs, see there). With TLS
+(``ssl_context``) the loop drives each handshake and closes a connection that has not finished
+it ``handshake_timeout`` seconds after accept (deadlines in accept order: the loop looks only
+at the oldest).
 """
 
 import errno
@@ -97,7 +97,6 @@ class LogatronServer:
         self.authorizer = authorizer if authorizer is not None else Authorizer()
         self.handshake_timeout = handshake_timeout
         self._handshaking: deque[Channel] = deque()  # in accept order: oldest deadline first
-        self._more: set[Channel] = set()  # TLS sockets holding input select cannot see
         self.registry = registry if registry is not None else Registry()
         self.max_line_bytes = max_line_bytes
         self._clock = clock
@@ -262,14 +261,11 @@ class LogatronServer:
                     except OSError:
                         pass
                     self._run_calls()
-            self._read_more()
             self._on_deadlines(selector)
 
     def _select_timeout(self) -> float | None:
         """Until the registry's next deadline, the end of an accept pause or the oldest TLS
-        handshake's deadline (None: no timer); 0 while TLS sockets hold decrypted input."""
-        if self._more:
-            return 0.0
+        handshake's deadline (None: no timer)."""
         timeouts: list[float] = []
         handshaking = self._handshaking
         while handshaking and handshaking[0].deadline is None:
@@ -322,15 +318,12 @@ class LogatronServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 deadline = None
                 if self.ssl_context is not None:
-                    sock = self.ssl_context.wrap_socket(
-                        sock, server_side=True, do_handshake_on_connect=False
-                    )
                     deadline = time.monotonic() + self.handshake_timeout
                 session = Session(
                     self.registry, max_line_bytes=self.max_line_bytes, authorizer=self.authorizer
                 )
                 peer = format_address(address)
-                connection = Channel(sock, session, peer, selector, deadline)
+                connection = Channel(sock, session, peer, selector, self.ssl_context, deadline)
             except Exception:
                 _logger.exception("setting up a connection failed")
                 sock.close()
@@ -345,29 +338,14 @@ class LogatronServer:
             done = connection.handshake()
         except OSError as error:  # ssl.SSLError: plain text, garbage, an untrusted certificate
             _logger.info("TLS handshake from %s failed: %s", connection.peer, error)
-            connection.deadline = None
             self._abort(connection)
             return
         if done:
             self._on_readable(connection)  # input may be waiting inside the TLS layer
 
-    def _read_more(self) -> None:
-        """Read the TLS sockets that hold input ``select`` cannot see."""
-        more, self._more = self._more, set()
-        for connection in more:
-            if self._connections.get(connection.sock) is not connection:
-                continue  # closed meanwhile
-            try:
-                self._on_readable(connection)
-            except Exception:
-                _logger.exception("connection failed; closing it")
-                self._abort(connection)
-
     def _on_readable(self, connection: Channel) -> None:
         recv_bytes = connection.recv_bytes
         data = connection.receive()
-        if connection.more:
-            self._more.add(connection)
         if data is None:
             return
         session = connection.session
@@ -396,6 +374,7 @@ class LogatronServer:
 
     def _abort(self, connection: Channel) -> None:
         """Close a connection whose handling failed, delivering its client's ``close``."""
+        connection.deadline = None  # no handshake to wait for any more
         try:
             connection.session.receive_data(b"", self._clock())
         except Exception:

@@ -1,6 +1,7 @@
 """The ``logatron`` command, on click: one group, one module per command.
 
-- ``serve``: the server (``serve.py``: its options become a ``ServeConfig``);
+- ``serve``: the server (``serve.py``: its options become a ``ServeConfig``; ``network.py``:
+  its TLS contexts and tokens, and the warning for an exposed server);
 - ``send``: stdin lines as one client's log (``send.py``);
 - ``clients``, ``state``, ``recent``, ``tail``: consumers over HTTP and WebSocket
   (``consumers.py``), printing through ``render.py``.
