@@ -191,6 +191,13 @@ def _status_error(status: int, body: bytes) -> ConsumerError:
     return BadResponse(message)
 
 
+async def _call(callback: Callable[..., Awaitable[None] | None], *args: object) -> None:
+    """Call a plain or async callback."""
+    result = callback(*args)
+    if result is not None:
+        await result
+
+
 class TailStream:
     """The events of :meth:`Consumer.tail`: an async iterator and an async context manager."""
 
@@ -295,10 +302,11 @@ class Consumer:
         except (OSError, TimeoutError) as error:
             raise Unreachable(f"cannot connect to {self._host_header}: {error}") from None
 
-    def _headers(self) -> list[tuple[str, str]]:
-        headers = [("host", self._host_header), ("accept", "application/json")]
+    def _headers(self) -> list[tuple[bytes, bytes]]:
+        """The request's headers; the token in UTF-8, as a server compares it."""
+        headers = [(b"host", self._host_header.encode()), (b"accept", b"application/json")]
         if self.token:
-            headers.append(("authorization", f"Bearer {self.token}"))
+            headers.append((b"authorization", b"Bearer " + self.token.encode()))
         return headers
 
     async def _get(self, target: str) -> tuple[int, bytes]:
@@ -306,7 +314,7 @@ class Consumer:
         async with stream:
             conn = h11.Connection(h11.CLIENT)
             request = h11.Request(
-                method="GET", target=target, headers=[*self._headers(), ("connection", "close")]
+                method="GET", target=target, headers=[*self._headers(), (b"connection", b"close")]
             )
             try:
                 await stream.send(conn.send(request) + conn.send(h11.EndOfMessage()))
@@ -345,6 +353,7 @@ class Consumer:
         reconnect: bool = True,
         keepalive: float = 30.0,
         max_backoff: float = 10.0,
+        on_retry: Callable[[ConsumerError | None], Awaitable[None] | None] | None = None,
     ) -> TailStream:
         """Follow the server: the backlog after ``since`` (all of it if None), ``Current``,
         then live events, for every client or one.
@@ -353,14 +362,16 @@ class Consumer:
         the connection is closed when you stop (or call ``aclose()``).
 
         After a lost connection it reconnects (backoff up to ``max_backoff`` s) with the last
-        seq it yielded as cursor. ``on_connect`` (plain or async) is called at each connect.
+        seq it yielded as cursor. ``on_connect`` (plain or async) is called at each connect;
+        ``on_retry`` (plain or async) before each wait to reconnect, with the error that ended
+        the last attempt (``Unreachable``, ``BadResponse``) or None when the server closed.
         ``keepalive``: with nothing received for twice this long (the server pings every 20 s),
         the connection is taken as dead. Raises Unauthorized at once; Unreachable and
         BadResponse only when ``reconnect`` is false; NotFound never (a client that does not
         exist yet may connect later).
         """
         return TailStream(
-            self._follow(client, since, on_connect, reconnect, keepalive, max_backoff)
+            self._follow(client, since, on_connect, reconnect, keepalive, max_backoff, on_retry)
         )
 
     async def _follow(
@@ -371,10 +382,12 @@ class Consumer:
         reconnect: bool,
         keepalive: float,
         max_backoff: float,
+        on_retry: Callable[[ConsumerError | None], Awaitable[None] | None] | None,
     ) -> AsyncGenerator[TailEvent, None]:
         cursor = since
         backoff = 0.1
         while True:
+            failure: ConsumerError | None = None
             try:
                 session = self._tail_once(client, cursor, on_connect, keepalive)
                 async with aclosing(session):
@@ -387,9 +400,12 @@ class Consumer:
                         yield event
                 if not reconnect:
                     return
-            except (Unreachable, BadResponse):
+            except (Unreachable, BadResponse) as error:
                 if not reconnect:
                     raise
+                failure = error
+            if on_retry is not None:
+                await _call(on_retry, failure)
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff)
 
@@ -410,7 +426,7 @@ class Consumer:
         stream = await self._connect()
         async with stream:
             ws = WSConnection(ConnectionType.CLIENT)
-            extra = [(k.encode(), v.encode()) for k, v in self._headers() if k != "host"]
+            extra = [(key, value) for key, value in self._headers() if key != b"host"]
             handshake = WebSocketRequest(host=self._host_header, target=target, extra_headers=extra)
             try:
                 await stream.send(ws.send(handshake))
@@ -435,9 +451,7 @@ class Consumer:
                         elif isinstance(event, AcceptConnection):
                             accepted = True
                             if on_connect is not None:
-                                result = on_connect()
-                                if result is not None:
-                                    await result
+                                await _call(on_connect)
                         elif isinstance(event, RejectConnection):
                             status = event.status_code
                             if not event.has_body:

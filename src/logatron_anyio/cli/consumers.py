@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,12 +38,16 @@ from .common import (
     env_option,
     fail,
     only,
+    reason,
     token_option,
     until_signal,
 )
 from .render import Output, TailPrinter, client_lines, entry_lines, state_lines
 
-__all__ = ["Common", "clients", "consumer_options", "recent", "state", "tail"]
+__all__ = ["RETRY_SECONDS", "Common", "clients", "consumer_options", "recent", "state", "tail"]
+
+# How often `tail` tries to reconnect, at most, while the server cannot be reached.
+RETRY_SECONDS = 2.0
 
 _Body = Callable[[Consumer, Output], Awaitable[None]]
 
@@ -57,11 +62,21 @@ class Common:
     json: bool
 
 
+def _url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The callback of --url: a URL the consumer can use."""
+    try:
+        Consumer(value, token="")
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+    return value
+
+
 _COMMON_OPTIONS = (
     env_option(
         "--url",
         "LOGATRON_URL",
         default="http://127.0.0.1:2213",
+        callback=_url,
         metavar="URL",
         help="the server's HTTP address",
     ),
@@ -87,14 +102,11 @@ def consumer_options(command: Callable[..., None]) -> Callable[..., None]:
 
 def _run(common: Common, body: _Body, name: str | None = None, *, one_shot: bool = True) -> None:
     """Run ``body`` against the server at ``common.url``; ``name``: the client asked about."""
-    try:
-        consumer = Consumer(common.url, token=common.token or "")
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="'--url'") from None
+    consumer = Consumer(common.url, token=common.token or "")
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):  # a message never fails to print
             stream.reconfigure(errors="backslashreplace")
-    output = Output(sys.stdout, sys.stderr)
+    output = Output(sys.stdout, sys.stderr, _terminal_width())
     try:
         signum = anyio.run(
             until_signal, functools.partial(body, consumer, output), backend=common.backend
@@ -112,29 +124,21 @@ def _run(common: Common, body: _Body, name: str | None = None, *, one_shot: bool
         raise click.exceptions.Exit(128 + signum)  # a one-shot command cut short
 
 
+def _terminal_width() -> int | None:
+    """The width to fit output to: the terminal's (or $COLUMNS), None when not a terminal."""
+    if "COLUMNS" in os.environ or sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
 def _explain(error: ConsumerError, url: str, name: str | None) -> str:
     if isinstance(error, Unauthorized):
         return "unauthorized: check --token or LOGATRON_TOKEN"
     if isinstance(error, NotFound):
         return f"no such client: {name}" if name is not None else f"not found at {url}: {error}"
     if isinstance(error, Unreachable):
-        return f"cannot reach {url}: {_reason(error)}"
+        return f"cannot reach {url}: {reason(error)}"
     return f"bad response from {url}: {error}"
-
-
-def _reason(error: BaseException) -> str:
-    """Why a connection failed, in a few words: the innermost OSError's, else the message."""
-    reason = str(error).rpartition(": ")[2] or str(error)
-    seen: set[int] = set()
-    cause: BaseException | None = error.__context__
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, OSError) and cause.errno is not None:
-            text = os.strerror(cause.errno) if cause.errno > 0 else (cause.strerror or "")
-            if text:
-                reason = text[0].lower() + text[1:]
-        cause = cause.__cause__ or cause.__context__
-    return reason
 
 
 @click.command(short_help="list the clients (connected and retained)")
@@ -144,7 +148,7 @@ def clients(common: Common) -> None:
     its state."""
 
     async def body(consumer: Consumer, output: Output) -> None:
-        output.lines(client_lines(await consumer.clients(), common.json))
+        output.lines(client_lines(await consumer.clients(), common.json, output.width))
 
     _run(common, body)
 
@@ -205,17 +209,34 @@ def tail(common: Common, name: str | None, since: int | None) -> None:
     async def body(consumer: Consumer, output: Output) -> None:
         # One request first: an unreachable server or a wrong token ends the command at once,
         # while a connection lost later is retried for as long as it takes.
-        await consumer.clients()
+        known = await consumer.clients()
+        connected = name is None or (name in known and known[name].connected)
+        printer = TailPrinter(output, common.json, name, connected)
         connects = 0
+        outage = False
 
         def on_connect() -> None:
-            nonlocal connects
+            nonlocal connects, outage
             connects += 1
             if connects > 1:
                 output.notice("-- reconnected --")
+            outage = False
 
-        printer = TailPrinter(output, common.json)
-        async with consumer.tail(name, since=since, on_connect=on_connect) as events:
+        def on_retry(error: ConsumerError | None) -> None:
+            nonlocal outage
+            if error is not None and not outage:  # said once per outage
+                outage = True
+                what = "server unreachable" if isinstance(error, Unreachable) else str(error)
+                output.notice(f"-- {what}, retrying every {RETRY_SECONDS:g} s --")
+
+        events = consumer.tail(
+            name,
+            since=since,
+            on_connect=on_connect,
+            on_retry=on_retry,
+            max_backoff=RETRY_SECONDS,
+        )
+        async with events:
             async for event in events:
                 printer.event(event)
 
