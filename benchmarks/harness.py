@@ -249,9 +249,12 @@ def run_json(command: Sequence[str], *, env: Mapping[str, str] | None = None) ->
 # -- servers -------------------------------------------------------------------------------------
 
 
-def server_command(kind: str, *, with_http: bool, profile_to: str | None) -> list[str]:
+def server_command(
+    kind: str, *, with_http: bool, profile_to: str | None, extra: Sequence[str] = ()
+) -> list[str]:
     """The command of a server on ``kind`` ("asyncio", "trio" or "sync") listening on HOST, any
-    free port; with HTTP (anyio only) on any free port as well, else TCP only."""
+    free port; with HTTP (anyio only) on any free port as well, else TCP only; ``extra``
+    options of ``logatron serve`` (``--data-dir DIR``) after the others."""
     python = [sys.executable]
     if profile_to:
         python += ["-m", "cProfile", "-o", profile_to]
@@ -265,6 +268,7 @@ def server_command(kind: str, *, with_http: bool, profile_to: str | None) -> lis
         *("-m", "logatron_anyio", "serve", "--host", HOST, "--port", "0"),
         *http_options,
         *("--backend", kind),
+        *extra,
     ]
 
 
@@ -300,8 +304,9 @@ class Server(Child):
         *,
         with_http: bool = False,
         profile_to: str | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
-        command = server_command(kind, with_http=with_http, profile_to=profile_to)
+        command = server_command(kind, with_http=with_http, profile_to=profile_to, extra=extra)
         super().__init__(command, env=tree.env(), quiet=True)
         try:
             ports = [self._port() for _ in range(2 if with_http else 1)]

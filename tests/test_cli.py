@@ -315,6 +315,9 @@ SERVE_VARIABLES = {
     "--log-format": "LOGATRON_LOG_FORMAT",
     "--http-port": "LOGATRON_HTTP_PORT",
     "--no-http": "LOGATRON_NO_HTTP",
+    "--data-dir": "LOGATRON_DATA_DIR",
+    "--flush-interval": "LOGATRON_FLUSH_INTERVAL",
+    "--fsync": "LOGATRON_FSYNC",
     "--token": "LOGATRON_TOKEN",
 }
 CONSUMER_VARIABLES = {
@@ -502,10 +505,12 @@ def test_consumer_flag_beats_the_variable(backend: str) -> None:
 
 
 def test_serve_config_builds_the_servers() -> None:
-    tcp, http = build_servers(ServeConfig(port=0, http_port=0, buffer_size=3, max_line_bytes=9))
+    servers = build_servers(ServeConfig(port=0, http_port=0, buffer_size=3, max_line_bytes=9))
+    tcp, http = servers.tcp, servers.http
     assert (tcp.port, tcp.max_line_bytes, tcp.registry.buffer_size) == (0, 9, 3)
     assert http is not None and http.registry is tcp.registry and http.port == 0
-    assert build_servers(ServeConfig(no_http=True))[1] is None
+    assert servers.durable is None and tcp.store_driver is None
+    assert build_servers(ServeConfig(no_http=True)).http is None
 
 
 def test_entry_points() -> None:

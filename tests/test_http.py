@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +36,9 @@ from logatron_anyio import (
     TailOptions,
     Unauthorized,
 )
-from logatron_anyio import _http as http_module
-from logatron_anyio._api import client_json
+from logatron_anyio._http import HttpConnection
+from logatron_anyio._messages import client_json
+from logatron_anyio._routes import ApiRequest, Reply, Route
 from logatron_core import LogEntry, Registry
 
 pytestmark = pytest.mark.anyio
@@ -58,11 +60,16 @@ class Servers:
 
 @asynccontextmanager
 async def serving(
-    registry: Registry | None = None, *, token: str | None = None, **tail: Any
+    registry: Registry | None = None,
+    *,
+    token: str | None = None,
+    tail: TailOptions | None = None,
+    **limits: Any,
 ) -> AsyncIterator[Servers]:
+    """A TCP and an HTTP server on one registry; ``limits`` are HttpServer's."""
     registry = registry or Registry()
     tcp = LogatronServer(port=0, registry=registry)
-    http = HttpServer(registry, port=0, token=token, tail_options=TailOptions(**tail))
+    http = HttpServer(registry, port=0, token=token, tail_options=tail, **limits)
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
             await tg.start(tcp.serve)
@@ -77,6 +84,15 @@ async def tcp_client(servers: Servers, name: str) -> AsyncIterator[anyio.abc.Soc
     async with stream:
         await stream.send(f"IAM {name}\n".encode())
         yield stream
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition()`` holds, checking every 20 ms; fails after TIMEOUT."""
+    for _ in range(TIMEOUT * 50):
+        if condition():
+            return
+        await anyio.sleep(0.02)
+    raise AssertionError("the condition did not hold in time")
 
 
 async def ping(stream: anyio.abc.SocketStream) -> None:
@@ -268,6 +284,8 @@ async def test_keep_alive_serves_several_requests_on_one_connection() -> None:
         ("/api/recent?limit=0", 400, "bad-request"),
         ("/api/recent?client=bad%20name", 400, "bad-request"),
         ("/api/clients/b%C3%A9b", 400, "bad-request"),
+        ("/api/clients/a%2Fb", 400, "bad-request"),
+        ("/api/clients/", 404, "not-found"),
     ],
 )
 async def test_bad_requests_get_json_errors(path: str, status: int, code: str) -> None:
@@ -281,6 +299,15 @@ async def test_wrong_method_gets_405_with_allow() -> None:
         status, headers, body = await get(servers.http_port, "/api/clients", method="POST")
     assert status == 405 and headers["allow"] == "GET, HEAD"
     assert json.loads(body)["code"] == "method-not-allowed"
+
+
+async def test_an_unknown_path_is_404_whatever_the_method() -> None:
+    async with serving() as servers:
+        status, _, body = await get(servers.http_port, "/nowhere", method="POST")
+        assert status == 404 and json.loads(body)["code"] == "not-found"
+        upgrade = ("Upgrade: websocket", "Connection: Upgrade")
+        status, headers, _ = await get(servers.http_port, "/api/tail", upgrade, method="POST")
+        assert status == 405 and headers["allow"] == "GET, HEAD"
 
 
 async def test_malformed_http_gets_400_and_ingest_goes_on() -> None:
@@ -302,12 +329,30 @@ async def test_oversized_headers_get_431_and_a_bound_on_memory() -> None:
         assert status == 431
 
 
+async def test_a_smaller_header_limit_is_kept_too() -> None:
+    async with serving(max_header_bytes=1024) as servers:
+        status, _, body = await get(servers.http_port, "/healthz", ("X-Big: " + "a" * 1100,))
+        assert status == 431 and json.loads(body)["code"] == "headers-too-large"
+        status, _, _ = await get(servers.http_port, "/healthz", ("X-Big: " + "a" * 900,))
+        assert status == 200
+
+
 async def test_a_large_request_body_gets_413_and_the_connection_ends() -> None:
     async with serving() as servers:
         request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n"
         status, headers, body = await raw_http(servers.http_port, request + b"x" * 200_000)
     assert status == 413 and json.loads(body)["code"] == "body-too-large"
     assert headers["connection"] == "close"
+
+
+async def test_a_body_over_a_small_limit_gets_413_and_one_under_it_is_ignored() -> None:
+    async with serving(max_body_bytes=100) as servers:
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+        status, _, body = await raw_http(servers.http_port, request % 101 + b"x" * 101)
+        assert status == 413 and json.loads(body)["code"] == "body-too-large"
+        request = request.replace(b"Host: x", b"Host: x\r\nConnection: close")
+        status, _, body = await raw_http(servers.http_port, request % 100 + b"x" * 100)
+        assert (status, body) == (200, b'{"status":"ok"}')
 
 
 async def test_header_limit_does_not_depend_on_how_bytes_arrive() -> None:
@@ -317,9 +362,8 @@ async def test_header_limit_does_not_depend_on_how_bytes_arrive() -> None:
     assert status == 431
 
 
-async def test_a_request_head_trickling_in_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http_module, "HEAD_TIMEOUT_SECONDS", 0.5)
-    async with serving() as servers:
+async def test_a_request_head_trickling_in_is_cut_off() -> None:
+    async with serving(head_timeout=0.5) as servers:
         stream = await anyio.connect_tcp("127.0.0.1", servers.http_port)
         async with stream:
             started = anyio.current_time()
@@ -334,22 +378,57 @@ async def test_a_request_head_trickling_in_is_cut_off(monkeypatch: pytest.Monkey
             assert anyio.current_time() - started < 5
 
 
-async def test_past_the_connection_limit_a_new_one_gets_503(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(http_module, "MAX_CONNECTIONS", 2)
-    async with serving() as servers:
+async def test_past_the_connection_limit_a_new_one_gets_503() -> None:
+    async with serving(max_connections=2) as servers:
         idle = [await anyio.connect_tcp("127.0.0.1", servers.http_port) for _ in range(2)]
         try:
-            for _ in range(100):  # both are accepted (bounded wait)
-                if servers.http.open_connections == 2:
-                    break
-                await anyio.sleep(0.02)
-            status, _, body = await get(servers.http_port, "/healthz")
-            assert status == 503 and json.loads(body)["code"] == "too-busy"
+            await until(lambda: servers.http.open_connections == 2)
+            status, headers, body = await get(servers.http_port, "/healthz")
+            assert status == 503 and json.loads(body) == {
+                "error": "too many open connections",
+                "code": "too-busy",
+            }
+            assert headers["content-type"].startswith("application/json")
+            assert headers["connection"] == "close"
         finally:
             for stream in idle:
                 await stream.aclose()
+        await until(lambda: servers.http.open_connections == 0)
+        assert (await get(servers.http_port, "/healthz"))[0] == 200
+
+
+async def test_an_answer_to_a_peer_that_stops_reading_is_given_up() -> None:
+    async with serving(send_timeout=0.2) as servers:
+        stream = await anyio.connect_tcp("127.0.0.1", servers.http_port)
+        async with stream:
+            # ~30 MB of status pages asked for and never read: the socket's buffers fill up.
+            await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 3000)
+            await until(lambda: servers.http.open_connections == 1)
+            await until(lambda: servers.http.open_connections == 0)
+        assert (await get(servers.http_port, "/healthz"))[0] == 200
+
+
+async def test_an_unexpected_error_gets_a_json_500_and_the_server_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(request: ApiRequest) -> Reply:
+        raise RuntimeError("a bug")
+
+    async with serving() as servers:
+        servers.http.routes.add(Route("GET", "/broken", broken))
+        with caplog.at_level(logging.ERROR, logger="logatron.http"):
+            status, headers, body = await get(servers.http_port, "/broken")
+        assert status == 500 and headers["content-type"].startswith("application/json")
+        assert json.loads(body) == {"error": "internal error", "code": "internal-error"}
+        [record] = [r for r in caplog.records if r.name == "logatron.http"]
+        assert "/broken" in record.getMessage() and record.exc_info is not None
+        assert "RuntimeError: a bug" in caplog.text
+        # The same connection goes on, and so does the server.
+        again = b"GET /broken HTTP/1.1\r\nHost: x\r\n\r\n"
+        last = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        status, _, body = await raw_http(servers.http_port, again + last)
+        assert status == 500 and body.endswith(b'{"status":"ok"}')
+        assert await get_json(servers.http_port, "/healthz") == (200, {"status": "ok"})
 
 
 # -- auth ----------------------------------------------------------------------------------------
@@ -493,7 +572,10 @@ async def test_tail_rejects_bad_cursor_and_bad_client() -> None:
 
 
 async def test_a_stalled_subscriber_lags_and_never_slows_ingest() -> None:
-    async with serving(max_queue_lines=50) as servers, tcp_client(servers, "fast") as fast:
+    async with (
+        serving(tail=TailOptions(max_queue_lines=50)) as servers,
+        tcp_client(servers, "fast") as fast,
+    ):
         async with RawTail.open(servers.http_port, "/api/tail") as stalled:
             await stalled.messages_until_current()
             line = b"LOG " + b"z" * 2000 + b"\n"
@@ -510,7 +592,7 @@ async def test_a_stalled_subscriber_lags_and_never_slows_ingest() -> None:
 
 
 async def test_server_pings_and_closes_a_tail_that_never_answers() -> None:
-    async with serving(ping_interval=0.2) as servers:
+    async with serving(tail=TailOptions(ping_interval=0.2)) as servers:
         async with RawTail.open(servers.http_port, "/api/tail") as tail:
             assert isinstance(await tail.next_event(), TextMessage)  # current
             assert isinstance(await tail.next_event(), Ping)
@@ -620,7 +702,15 @@ async def test_consumer_tail_surfaces_a_gap() -> None:
 
 
 async def test_a_tail_whose_reader_stalls_is_closed_after_a_missed_pong() -> None:
-    async with serving(ping_interval=0.3) as servers, tcp_client(servers, "busy") as busy:
+    await _a_stalled_tail_is_closed(tail=TailOptions(ping_interval=0.3))
+
+
+async def test_a_tail_whose_reader_stalls_is_closed_past_the_send_timeout() -> None:
+    await _a_stalled_tail_is_closed(tail=TailOptions(ping_interval=3600), send_timeout=0.3)
+
+
+async def _a_stalled_tail_is_closed(**options: Any) -> None:
+    async with serving(**options) as servers, tcp_client(servers, "busy") as busy:
         async with RawTail.open(servers.http_port, "/api/tail") as stalled:
             await stalled.messages_until_current()  # the tail is subscribed by now
             assert servers.http.tail_options.subscribers == 1
@@ -628,11 +718,7 @@ async def test_a_tail_whose_reader_stalls_is_closed_after_a_missed_pong() -> Non
             for _ in range(40):  # ~8 MB of frames: the writer blocks on the full socket
                 await busy.send(line * 1000)
             await ping(busy)
-            for _ in range(TIMEOUT * 20):
-                if not servers.http.tail_options.subscribers:
-                    break
-                await anyio.sleep(0.05)
-            assert servers.http.tail_options.subscribers == 0
+            await until(lambda: servers.http.tail_options.subscribers == 0)
             assert stalled.pending == []  # it never read; the server gave up on it
 
 
@@ -655,16 +741,10 @@ async def test_a_cursor_from_before_a_restart_gets_the_whole_backlog() -> None:
     assert [m.get("message") for m in messages] == ["first after restart", None]
 
 
-async def test_resets_past_the_connection_limit_harm_no_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(http_module, "MAX_CONNECTIONS", 2)
-    async with serving() as servers:
+async def test_resets_past_the_connection_limit_harm_no_one() -> None:
+    async with serving(max_connections=2) as servers:
         idle = [await anyio.connect_tcp("127.0.0.1", servers.http_port) for _ in range(2)]
-        for _ in range(100):
-            if servers.http.open_connections == 2:
-                break
-            await anyio.sleep(0.02)
+        await until(lambda: servers.http.open_connections == 2)
         for _ in range(50):  # connect and reset at once, while the server is full
             rude = await anyio.connect_tcp("127.0.0.1", servers.http_port)
             raw = rude.extra(anyio.abc.SocketAttribute.raw_socket)
@@ -672,16 +752,12 @@ async def test_resets_past_the_connection_limit_harm_no_one(
             await rude.aclose()
         for stream in idle:
             await stream.aclose()
-        for _ in range(100):
-            if servers.http.open_connections == 0:
-                break
-            await anyio.sleep(0.02)
+        await until(lambda: servers.http.open_connections == 0)
         assert await get_json(servers.http_port, "/healthz") == (200, {"status": "ok"})
 
 
-async def test_a_request_body_trickling_in_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http_module, "HEAD_TIMEOUT_SECONDS", 0.5)
-    async with serving() as servers:
+async def test_a_request_body_trickling_in_is_cut_off() -> None:
+    async with serving(head_timeout=0.5) as servers:
         stream = await anyio.connect_tcp("127.0.0.1", servers.http_port)
         async with stream:
             await stream.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
@@ -715,9 +791,20 @@ class _BrokenPeer:
     async def send(self, data: bytes) -> None:
         raise anyio.BrokenResourceError
 
+    async def send_eof(self) -> None:
+        raise anyio.BrokenResourceError
+
 
 async def test_refusing_a_connection_that_is_gone_raises_nothing() -> None:
-    await http_module._refuse_busy(_BrokenPeer())  # type: ignore[arg-type]
+    limits = HttpServer(Registry()).limits
+    await HttpConnection(_BrokenPeer(), limits).refuse_busy()  # type: ignore[arg-type]
+
+
+async def test_limits_must_be_positive() -> None:
+    for limit in ("max_header_bytes", "head_timeout", "send_timeout", "max_connections"):
+        with pytest.raises(ValueError, match="positive"):
+            limits: dict[str, Any] = {limit: 0}
+            HttpServer(Registry(), **limits)
 
 
 async def test_client_json_is_exactly_the_registry_record() -> None:

@@ -167,12 +167,13 @@ def test_a_held_pong_waits_for_the_registry_to_confirm_every_earlier_change() ->
     assert exchange(s, b"PING 3\n", 2.0) == b"PONG 3\n"  # nothing new to confirm
 
 
-def test_a_closed_session_waits_for_no_confirmation() -> None:
+def test_a_pong_held_when_the_peer_half_closes_is_still_answered() -> None:
     registry = Registry()
     registry.hold_pongs()
     s = Session(registry)
-    s.receive_data(b"IAM a\nLOG x\nPING\n", 1.0)
-    s.receive_data(b"", 2.0)
-    assert not registry.pongs_waiting
+    s.receive_data(b"IAM a\nLOG x\nPING", 1.0)
+    s.receive_data(b"", 2.0)  # the last line is applied at end of input
+    assert s.closed and s.pongs_held
     registry.confirm(registry.mark)
-    assert s.data_to_send() == b""
+    assert s.data_to_send() == b"PONG\n" and not s.pongs_held
+    assert not registry.pongs_waiting

@@ -1,4 +1,5 @@
-"""The tail writes its own text frames and log JSON (for speed): both must be exactly valid."""
+"""The tail writes its own text frames and log JSON (for speed): both must be exactly valid,
+and every message shape must decode, in the consumer, to the event it was made from."""
 
 import json
 
@@ -8,15 +9,27 @@ from wsproto import WSConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, Request, TextMessage
 
-from logatron_anyio._api import entry_json, run_payloads
+from logatron_anyio import Current, Gap, Lagged, TailEvent
+from logatron_anyio._consumer import _tail_event
+from logatron_anyio._messages import (
+    dumps,
+    entry_json,
+    run_payloads,
+    tail_event_json,
+    tail_payloads,
+)
 from logatron_anyio._tail import _text_frame
-from logatron_core import Logged
+from logatron_core import ClientClosed, ClientReady, LogEntry, Logged, StateSet
+
+names = st.text(min_size=1, max_size=20)
+timestamps = st.floats(0, 4e9, allow_nan=False)
+counts = st.integers(0, 2**53)
 
 
 @given(
-    st.text(min_size=1, max_size=20),
+    names,
     st.integers(1, 2**53),
-    st.floats(0, 4e9, allow_nan=False),
+    timestamps,
     st.lists(st.text(), max_size=5),
     st.booleans(),
     st.none() | st.integers(0, 6),
@@ -30,14 +43,48 @@ def test_run_payloads_are_the_api_json(
     limit: int | None,
 ) -> None:
     run = Logged(client, first, timestamp, tuple(messages), truncated)
-    entries = [entry_json(entry) for entry in run.entries()][:limit]
-    assert [json.loads(p) for p in run_payloads(run, limit=limit)] == entries
-    tail = [json.loads(p) for p in run_payloads(run, tail=True)]
-    assert tail == [{"type": "log", **entry} for entry in entry_json_all(run)]
+    entries = [entry_json(entry) for entry in run.entries()]
+    assert [json.loads(p) for p in run_payloads(run, limit=limit)] == entries[:limit]
+    tail = [json.loads(p) for p in tail_payloads(run)]
+    assert tail == [tail_event_json(entry) for entry in run.entries()]
+    assert tail == [{"type": "log", **entry} for entry in entries]
 
 
-def entry_json_all(run: Logged) -> list[dict[str, object]]:
-    return [entry_json(entry) for entry in run.entries()]
+tail_events: st.SearchStrategy[TailEvent] = st.one_of(
+    st.builds(LogEntry, names, st.integers(1, 2**53), timestamps, st.text(), st.booleans()),
+    st.builds(StateSet, names, names, st.text(), timestamps),
+    st.builds(ClientReady, names, timestamps),
+    st.builds(ClientClosed, names, timestamps),
+    st.builds(Current, counts),
+    st.builds(Gap, counts),
+    st.builds(Lagged, counts),
+)
+
+
+@given(tail_events)
+def test_every_tail_message_decodes_to_its_event(event: TailEvent) -> None:
+    assert _tail_event(json.loads(dumps(tail_event_json(event)))) == event
+
+
+@given(tail_events.filter(lambda event: not isinstance(event, LogEntry)))
+def test_the_server_sends_the_consumers_shapes(event: TailEvent) -> None:
+    assert not isinstance(event, LogEntry)
+    assert tail_payloads(event) == [dumps(tail_event_json(event))]
+
+
+def test_each_tail_message_has_its_documented_shape() -> None:
+    shapes: dict[TailEvent, list[str]] = {
+        LogEntry("a", 3, 1.5, "hi", False): ["type", "client", "seq", "timestamp", "message"],
+        StateSet("a", "k", "v", 1.5): ["type", "client", "key", "value", "timestamp"],
+        ClientReady("a", 1.5): ["type", "client", "timestamp"],
+        ClientClosed("a", 1.5): ["type", "client", "timestamp"],
+        Current(7): ["type", "last_seq"],
+        Gap(2): ["type", "missed"],
+        Lagged(2): ["type", "missed"],
+    }
+    for event, keys in shapes.items():
+        message = tail_event_json(event)
+        assert [key for key in message if key != "truncated"] == keys
 
 
 def test_text_frames_of_every_length_class_decode() -> None:

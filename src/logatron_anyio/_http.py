@@ -1,48 +1,65 @@
 """The HTTP and WebSocket interface on anyio, built on the sans-IO libraries h11 and wsproto.
 
-One task per connection drives an ``h11.Connection``: requests are answered from the registry
-(JSON, the status page, Prometheus metrics), with keep-alive. ``GET /api/tail`` with a
-WebSocket upgrade is handed to wsproto (``initiate_upgrade_connection``) and served by
-``_tail.run_tail``.
+A request's way through (the shape of h11's ``examples/trio-server.py``):
 
-Bad input ends in a clear answer and never costs more than a bound: a request line or headers
-past ``MAX_HEADER_BYTES`` get 431, malformed HTTP gets 400, and both close the connection; a
-request body (none is expected) declared larger than ``MAX_BODY_BYTES`` gets 413; a request
-whose line and headers take longer than ``HEAD_TIMEOUT_SECONDS`` to arrive (slowloris), or a
-connection idle that long between requests, is closed; past ``MAX_CONNECTIONS`` open
-connections a new one gets 503.
+- ``HttpServer.serve`` accepts connections; each is served in its own task by
+  ``HttpServer._serve`` through one :class:`HttpConnection`, which holds the h11 state
+  machine, the socket and the deadlines (``next_request``, ``send``, ``send_error``,
+  ``shutdown``), with keep-alive.
+- ``HttpServer._answer`` checks the body limit and the token, looks the route up in the table
+  (``_api.Api.routes``: the one place to add a route; ``_routes`` says how one is written) and
+  calls its handler. An ``HttpError`` becomes its JSON answer; any other exception a JSON 500,
+  logged with its traceback, and the server and its other connections go on.
+- A handler's ``Upgrade`` (``GET /api/tail``) hands the socket to wsproto and the tail.
+- What is sent: ``_messages``.
+
+Bad input ends in a clear answer and never costs more than a bound; each bound is a
+constructor argument whose default is the constant below: a request line and headers past
+``max_header_bytes`` get 431 and malformed HTTP 400, both closing the connection; a request
+body (none is expected) declared larger than ``max_body_bytes`` gets 413; a request whose head
+(or body) takes longer than ``head_timeout`` to arrive (slowloris), or a connection idle that
+long between requests, is closed; a write that takes longer than ``send_timeout`` (a peer that
+stopped reading) ends the connection; past ``max_connections`` open connections a new one gets
+503.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
-from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import cast
+from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.abc
 import h11
 from wsproto import WSConnection
 from wsproto.connection import ConnectionType
-from wsproto.events import AcceptConnection, Request
+from wsproto.events import AcceptConnection
+from wsproto.events import Request as WebSocketRequest
 from wsproto.utilities import RemoteProtocolError as WebSocketProtocolError
 
-from logatron_core import NoSuchClient, Registry, is_valid_name
+from logatron_core import LogSource
 
 from ._accept import serve_listener
-from ._api import client_json, dumps, render_metrics, run_payloads
-from ._tail import TailOptions, run_tail
+from ._api import Api
+from ._durable import StoreHealth
+from ._messages import error_json
+from ._routes import ApiRequest, HttpError, Query, Reply, RouteTable, Upgrade, json_reply
+from ._tail import TailOptions
 
 __all__ = [
     "HEAD_TIMEOUT_SECONDS",
     "MAX_BODY_BYTES",
     "MAX_CONNECTIONS",
     "MAX_HEADER_BYTES",
+    "SEND_TIMEOUT_SECONDS",
+    "HttpConnection",
+    "HttpLimits",
     "HttpServer",
 ]
 
@@ -56,72 +73,197 @@ MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
 
 # Time for a request line and headers to arrive, counted from the end of the previous
-# request (so it also bounds an idle keep-alive connection). nginx's client_header_timeout
-# is 60 s.
+# request (so it also bounds an idle keep-alive connection); a body has as long again.
+# nginx's client_header_timeout is 60 s.
 HEAD_TIMEOUT_SECONDS = 60.0
+
+# Time one write may take (an answer goes out SEND_CHUNK_BYTES at a time, a tail a batch of
+# frames at a time); past it the peer is taken as gone. nginx's send_timeout is 60 s.
+SEND_TIMEOUT_SECONDS = 60.0
 
 # Open HTTP connections (WebSocket tails included); one more is answered 503 and closed.
 MAX_CONNECTIONS = 1024
 
+# How long a connection past MAX_CONNECTIONS may take to send its request and read the 503.
+BUSY_ANSWER_SECONDS = 1.0
+
+# How long a closing connection waits for the peer to close too (see HttpConnection.shutdown).
+CLOSE_GRACE_SECONDS = 1.0
+
+SEND_CHUNK_BYTES = 256 * 1024
+
 RECEIVE_BYTES = 64 * 1024
 
-# Lines encoded between two checkpoints when answering with many entries.
-ENCODE_CHUNK_LINES = 5_000
-
-_JSON = "application/json; charset=utf-8"
+# What ends a connection from the peer's side: it left, reset, or stopped reading in time.
+_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
-class _Reply:
-    status: int
-    body: bytes
-    content_type: str = _JSON
-    headers: tuple[tuple[str, str], ...] = ()
+class HttpLimits:
+    """What one connection may cost (see the module comment)."""
+
+    max_header_bytes: int
+    max_body_bytes: int
+    head_timeout: float
+    send_timeout: float
 
 
-class _HttpError(Exception):
-    """A request that gets an error reply: ``{"error": message, "code": code}``."""
+class HttpConnection:
+    """One HTTP connection: its socket, its h11 state machine and its deadlines."""
 
-    def __init__(
-        self, status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()
-    ) -> None:
-        super().__init__(message)
-        self.reply = _json_reply(status, {"error": message, "code": code}, headers)
+    def __init__(self, stream: anyio.abc.ByteStream, limits: HttpLimits) -> None:
+        self.stream = stream
+        self.limits = limits
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self.upgraded = False  # now a WebSocket: no more HTTP on it
 
+    @property
+    def reusable(self) -> bool:
+        """Whether another request may follow: both sides are done and keep the connection."""
+        return self.conn.states == {h11.CLIENT: h11.DONE, h11.SERVER: h11.DONE}
 
-def _json_reply(status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) -> _Reply:
-    return _Reply(status, dumps(payload), _JSON, headers)
+    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
+        """The next h11 event, reading as needed (a peer gone counts as end of input)."""
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return cast("h11.Event | type[h11.PAUSED]", event)  # h11's sentinels need a cast
+            try:
+                data = await self.stream.receive(RECEIVE_BYTES)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                data = b""
+            self.conn.receive_data(data)
 
+    async def next_request(self) -> h11.Request | None:
+        """The next request's line and headers, within the head timeout; None if the peer
+        closed, or was too slow. Raises h11.RemoteProtocolError for malformed HTTP (its
+        status hint is 431 for a head over ``max_header_bytes``, else 400)."""
+        if self.reusable:
+            self.conn.start_next_cycle()
+        with anyio.move_on_after(self.limits.head_timeout):
+            event = await self.next_event()
+            if not isinstance(event, h11.Request):
+                return None
+            if _head_size(event) > self.limits.max_header_bytes:
+                raise h11.RemoteProtocolError("request headers too large", 431)
+            return event
+        return None
 
-class _Query:
-    """The parsed query string of one request; typed getters raise _HttpError (400)."""
+    async def discard_body(self) -> bool:
+        """Read and drop a request body; False if the connection must end (the body is over
+        ``max_body_bytes``, has not arrived within the head timeout, or the peer left)."""
+        received = 0
+        with anyio.move_on_after(self.limits.head_timeout):
+            while self.conn.their_state is h11.SEND_BODY:
+                event = await self.next_event()
+                if isinstance(event, h11.Data):
+                    received += len(event.data)
+                    if received > self.limits.max_body_bytes:
+                        return False
+                elif not isinstance(event, h11.EndOfMessage):
+                    return False
+            return True
+        return False
 
-    def __init__(self, raw: str) -> None:
-        self._values = parse_qs(raw, keep_blank_values=True)
-
-    def text(self, name: str) -> str | None:
-        values = self._values.get(name)
-        return values[-1] if values else None
-
-    def integer(self, name: str, minimum: int) -> int | None:
-        raw = self.text(name)
-        if raw is None:
-            return None
+    async def send(self, *events: h11.Event) -> None:
+        """Send h11 events in one write. Raises TimeoutError past the send timeout, or the
+        stream's error; h11 then knows the connection is broken."""
+        data = b"".join(self.conn.send(event) or b"" for event in events)
         try:
-            value = int(raw)
-        except ValueError:
-            raise _HttpError(
-                400, "bad-request", f"{name} must be an integer, not {raw!r}"
-            ) from None
-        if value < minimum:
-            raise _HttpError(400, "bad-request", f"{name} must be at least {minimum}")
-        return value
+            await self.write(data)
+        except BaseException:
+            self.conn.send_failed()
+            raise
 
-    def client(self) -> str | None:
-        name = self.text("client")
-        if name is not None and not is_valid_name(name):
-            raise _HttpError(400, "bad-request", f"invalid client name: {name!r}")
-        return name
+    async def write(self, data: bytes) -> None:
+        """Write bytes, SEND_CHUNK_BYTES at a time, each within the send timeout (else
+        TimeoutError)."""
+        chunks = [data]
+        if len(data) > SEND_CHUNK_BYTES:
+            chunks = [
+                data[at : at + SEND_CHUNK_BYTES] for at in range(0, len(data), SEND_CHUNK_BYTES)
+            ]
+        for chunk in chunks:
+            with anyio.fail_after(self.limits.send_timeout):
+                await self.stream.send(chunk)
+
+    async def send_reply(self, reply: Reply, *, head: bool = False, close: bool = False) -> None:
+        """Send a whole answer (its headers only if ``head``), with ``connection: close`` if
+        ``close``. Raises as ``send``."""
+        headers = [
+            ("content-type", reply.content_type),
+            ("content-length", str(len(reply.body))),
+            ("cache-control", "no-store"),
+            *reply.headers,
+        ]
+        if close:
+            headers.append(("connection", "close"))
+        reason = HTTPStatus(reply.status).phrase.encode()
+        response = h11.Response(status_code=reply.status, headers=headers, reason=reason)
+        body = () if head else (h11.Data(data=reply.body),)
+        await self.send(response, *body, h11.EndOfMessage())
+
+    async def send_error(self, status: int, code: str, message: str) -> None:
+        """Answer with a JSON error and ``connection: close`` if h11 still allows an answer
+        (none has begun); never raises for a peer that is gone or does not read."""
+        if self.upgraded or self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        try:
+            await self.send_reply(json_reply(status, error_json(code, message)), close=True)
+        except (h11.LocalProtocolError, *_GONE):
+            pass
+
+    async def upgrade(self, request: h11.Request, upgrade: Upgrade) -> None:
+        """Accept ``request``'s WebSocket handshake and serve it to its end with ``upgrade``.
+
+        Raises HttpError (400) for a bad handshake, before anything is sent."""
+        ws = WSConnection(ConnectionType.SERVER)
+        try:
+            ws.initiate_upgrade_connection(list(request.headers), request.target)
+            handshake = next(ws.events(), None)
+        except WebSocketProtocolError as error:
+            raise HttpError(400, "bad-request", f"bad WebSocket handshake: {error}") from None
+        if not isinstance(handshake, WebSocketRequest):
+            raise HttpError(400, "bad-request", "bad WebSocket handshake")
+        trailing, _ = self.conn.trailing_data
+        self.upgraded = True
+        await self.write(ws.send(AcceptConnection()))
+        if trailing:
+            ws.receive_data(trailing)
+        await upgrade.serve(self.stream, ws, self.limits.send_timeout)
+
+    async def refuse_busy(self) -> None:
+        """Answer 503 to a connection past the limit: read its request first (so the close is
+        not a reset that loses the answer), all within BUSY_ANSWER_SECONDS; never raises for a
+        peer that is gone."""
+        with anyio.move_on_after(BUSY_ANSWER_SECONDS):
+            try:
+                await self.next_event()
+            except h11.RemoteProtocolError:
+                pass  # answered all the same
+            await self.send_error(503, "too-busy", "too many open connections")
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """End the connection (the caller closes the stream): send EOF, then read and drop
+        what the peer still sends until it closes too, for at most CLOSE_GRACE_SECONDS, since
+        closing with unread input resets the connection, and a reset can destroy the answer
+        before the peer has read it. Never raises for a peer that is gone."""
+        with anyio.move_on_after(CLOSE_GRACE_SECONDS):
+            try:
+                await self.stream.send_eof()
+                while await self.stream.receive(RECEIVE_BYTES):
+                    pass
+            except (anyio.EndOfStream, *_GONE):
+                pass
+
+
+def _head_size(request: h11.Request) -> int:
+    """Bytes of a request's line and headers, as sent (h11 bounds only what arrives
+    incomplete, so a head that arrives whole is measured here against the same limit)."""
+    line = len(request.method) + len(request.target) + len(b"  HTTP/1.1\r\n")
+    headers = sum(len(name) + len(value) + len(b": \r\n") for name, value in request.headers)
+    return line + headers + len(b"\r\n")
 
 
 def _status_page() -> bytes:
@@ -132,26 +274,46 @@ class HttpServer:
     """The HTTP API, the WebSocket tail and the status page over one registry.
 
     ``token``: when set, every route but ``/healthz`` needs ``Authorization: Bearer <token>``
-    (or ``?token=<token>``, for browsers' WebSockets).
+    (or ``?token=<token>``, for browsers' WebSockets). ``store_health`` gives a durable store's
+    figures to ``/healthz`` and ``/metrics``. The limits (see the module
+    comment) default to the module's constants. ``routes`` is the route table
+    (``_api.Api.routes``). Raises ValueError for a limit that is not positive.
     """
 
     def __init__(
         self,
-        registry: Registry,
+        registry: LogSource,
         host: str = "127.0.0.1",
         port: int = 2213,
         *,
         token: str | None = None,
         tail_options: TailOptions | None = None,
+        store_health: Callable[[], StoreHealth] | None = None,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        head_timeout: float = HEAD_TIMEOUT_SECONDS,
+        send_timeout: float = SEND_TIMEOUT_SECONDS,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
+        limits = (max_header_bytes, max_body_bytes, head_timeout, send_timeout, max_connections)
+        if min(limits) <= 0:
+            raise ValueError("HTTP limits must be positive")
         self.registry = registry
         self.host = host
         self.port = port
         self.address: tuple[str, int] = (host, port)
         self._token = token.encode() if token else None
         self.tail_options = tail_options or TailOptions()
-        self._page = _status_page()
+        self.limits = HttpLimits(max_header_bytes, max_body_bytes, head_timeout, send_timeout)
+        self.max_connections = max_connections
         self.open_connections = 0
+        api = Api(
+            registry,
+            page=_status_page(),
+            tail_options=self.tail_options,
+            store_health=store_health,
+        )
+        self.routes = RouteTable(api.routes())
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED
@@ -171,110 +333,79 @@ class HttpServer:
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         async with stream:
-            if self.open_connections >= MAX_CONNECTIONS:
-                await _refuse_busy(stream)
+            connection = HttpConnection(stream, self.limits)
+            if self.open_connections >= self.max_connections:
+                await connection.refuse_busy()
                 return
             self.open_connections += 1
             try:
-                await self._serve_connection(stream)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                pass  # the peer went away
-            except Exception:
+                if await self._serve(connection):
+                    await connection.shutdown()
+            except _GONE:
+                pass  # the peer went away, or stopped reading (TimeoutError)
+            except Exception:  # a bug outside the handlers (theirs are answered by _answer)
                 logger.exception("HTTP connection failed", extra={"event": "http-failed"})
+                await connection.send_error(500, "internal-error", "internal error")
             finally:
                 self.open_connections -= 1
 
-    async def _serve_connection(self, stream: anyio.abc.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+    async def _serve(self, connection: HttpConnection) -> bool:
+        """Answer requests until the connection ends; False if it became a WebSocket (and was
+        served to its end), True if it is left to shut down."""
         while True:
             try:
-                event = None
-                with anyio.move_on_after(HEAD_TIMEOUT_SECONDS):
-                    event = await self._next_event(conn, stream)
-                if not isinstance(event, h11.Request):
-                    return  # ConnectionClosed, or too slow
-                if _head_size(event) > MAX_HEADER_BYTES:
-                    raise h11.RemoteProtocolError("request headers too large", 431)
-                if await self._serve_request(conn, stream, event):
-                    return  # now a WebSocket, served to its end
-                if not await self._discard_body(conn, stream):
-                    return
-            except h11.RemoteProtocolError as error:
-                await self._refuse_malformed(conn, stream, error)
-                return
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                return
-            conn.start_next_cycle()
-
-    async def _next_event(self, conn: h11.Connection, stream: anyio.abc.SocketStream) -> Any:
-        """The next h11 event, reading as needed."""
-        while True:
-            event = conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                data = await stream.receive(RECEIVE_BYTES)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                data = b""
-            conn.receive_data(data)
-
-    async def _discard_body(self, conn: h11.Connection, stream: anyio.abc.SocketStream) -> bool:
-        """Read and drop a request body; False if the connection must end (the body is over
-        MAX_BODY_BYTES, or has not arrived within HEAD_TIMEOUT_SECONDS)."""
-        received = 0
-        with anyio.move_on_after(HEAD_TIMEOUT_SECONDS):
-            while conn.their_state is h11.SEND_BODY:
-                event = await self._next_event(conn, stream)
-                if isinstance(event, h11.Data):
-                    received += len(event.data)
-                    if received > MAX_BODY_BYTES:
+                request = await connection.next_request()
+                if request is None:
+                    return True  # closed, or too slow
+                method = request.method.decode("ascii", "replace")
+                answer = await self._answer(method, request)
+                if isinstance(answer, Upgrade):
+                    try:
+                        await connection.upgrade(request, answer)
                         return False
-                elif not isinstance(event, h11.EndOfMessage):
-                    return False
-            return True
-        return False
+                    except HttpError as error:
+                        answer = error.reply
+                close = method not in ("GET", "HEAD") or answer.status == 413
+                await connection.send_reply(answer, head=method == "HEAD", close=close)
+                if not await connection.discard_body():
+                    return True
+            except h11.RemoteProtocolError as error:
+                status = error.error_status_hint
+                code = "headers-too-large" if status == 431 else "bad-request"
+                await connection.send_error(status, code, str(error) or "malformed request")
+                return True
+            if not connection.reusable:
+                return True
 
-    async def _refuse_malformed(
-        self, conn: h11.Connection, stream: anyio.abc.SocketStream, error: h11.RemoteProtocolError
-    ) -> None:
-        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        status = error.error_status_hint
-        code = "headers-too-large" if status == 431 else "bad-request"
-        reply = _json_reply(status, {"error": str(error) or "malformed request", "code": code})
-        await self._send_reply(conn, stream, reply, head=False, close=True)
-
-    async def _serve_request(
-        self, conn: h11.Connection, stream: anyio.abc.SocketStream, request: h11.Request
-    ) -> bool:
-        """Answer one request; True if it became a WebSocket (served until it ended)."""
-        method = request.method.decode("ascii", "replace")
+    async def _answer(self, method: str, request: h11.Request) -> Reply | Upgrade:
+        """The answer to one request: its route's, an HttpError's, or a 500 (logged) for any
+        other exception."""
         target = urlsplit(request.target.decode("ascii", "replace"))
-        path, query = unquote(target.path), _Query(target.query)
+        query = Query(target.query)
         headers = {name.decode("latin-1"): value for name, value in request.headers}
         try:
-            if int(headers.get("content-length", b"0") or 0) > MAX_BODY_BYTES:
-                message = f"no route takes a body over {MAX_BODY_BYTES} bytes"
-                raise _HttpError(413, "body-too-large", message)
-            if path != "/healthz":
+            if int(headers.get("content-length", b"0") or 0) > self.limits.max_body_bytes:
+                message = f"no route takes a body over {self.limits.max_body_bytes} bytes"
+                raise HttpError(413, "body-too-large", message)
+            match = self.routes.lookup(method, target.path)
+            if not match.public:
                 self._authorize(headers.get("authorization"), query.text("token"))
-            if path == "/api/tail" and b"websocket" in headers.get("upgrade", b"").lower():
-                if method != "GET":
-                    raise _HttpError(405, "method-not-allowed", "use GET", (("allow", "GET"),))
-                await self._upgrade(conn, stream, request, query)
-                return True
-            if method not in ("GET", "HEAD"):
-                allow = (("allow", "GET, HEAD"),)
-                raise _HttpError(405, "method-not-allowed", f"{method} is not allowed", allow)
-            reply = await self._route(path, query)
-        except _HttpError as error:
-            reply = error.reply
-        close = method not in ("GET", "HEAD") or reply.status == 413
-        await self._send_reply(conn, stream, reply, head=method == "HEAD", close=close)
-        return False
+            path = unquote(target.path)
+            route, params = match.resolve(path)
+            return await route.handler(ApiRequest(method, path, query, headers, params))
+        except HttpError as error:
+            return error.reply
+        except Exception:
+            logger.exception(
+                "HTTP request failed: %s %s",
+                method,
+                target.path,
+                extra={"event": "http-internal-error", "method": method, "path": target.path},
+            )
+            return json_reply(500, error_json("internal-error", "internal error"))
 
     def _authorize(self, authorization: bytes | None, query_token: str | None) -> None:
-        """Raises _HttpError (401) unless the request carries the token (if one is set)."""
+        """Raises HttpError (401) unless the request carries the token (if one is set)."""
         if self._token is None:
             return
         offered = b""
@@ -286,161 +417,4 @@ class HttpServer:
             offered = query_token.encode()
         if not hmac.compare_digest(offered, self._token):
             challenge = (("www-authenticate", 'Bearer realm="logatron"'),)
-            raise _HttpError(401, "unauthorized", "a valid bearer token is required", challenge)
-
-    async def _route(self, path: str, query: _Query) -> _Reply:
-        registry = self.registry
-        if path == "/healthz":
-            return _json_reply(200, {"status": "ok"})
-        if path == "/":
-            return _Reply(200, self._page, "text/html; charset=utf-8")
-        if path == "/metrics":
-            text = render_metrics(
-                registry,
-                tail_subscribers=self.tail_options.subscribers,
-                tail_lagged_events=self.tail_options.lagged_total,
-            )
-            return _Reply(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
-        if path == "/api/clients":
-            lines = query.integer("lines", 0) or 0
-            bodies = [self._client_body(name, lines) for name in registry.names()]
-            body = b'{"clients":[%s],"last_seq":%d}' % (b",".join(bodies), registry.last_seq)
-            return _Reply(200, body)
-        if path == "/api/recent":
-            return await self._entries(b"", self._known(query.client()), query)
-        if path == "/api/tail":
-            upgrade = (("upgrade", "websocket"), ("connection", "upgrade"))
-            raise _HttpError(426, "upgrade-required", "/api/tail is a WebSocket", upgrade)
-        parts = path.split("/")
-        if len(parts) in (4, 5) and parts[:3] == ["", "api", "clients"]:
-            name = self._known(parts[3])
-            assert name is not None
-            if len(parts) == 4:
-                return _Reply(200, self._client_body(name, None))
-            if parts[4] == "log":
-                client_field = b'"client":' + json.dumps(name).encode() + b","
-                return await self._entries(client_field, name, query)
-            if parts[4] == "state":
-                return _json_reply(200, {"client": name, "state": registry.state(name)})
-        raise _HttpError(404, "not-found", f"no such route: {path}")
-
-    async def _entries(self, fields: bytes, client: str | None, query: _Query) -> _Reply:
-        """``{<fields>"entries": [...], "last_seq": N}`` for ``since``/``limit``: a snapshot of
-        the registry's runs (cheap), encoded with a checkpoint every ENCODE_CHUNK_LINES lines,
-        so a large answer never stalls ingest or the tails."""
-        since = query.integer("since", 0) or 0
-        limit = query.integer("limit", 1)
-        snapshot = self.registry.snapshot(since, client)
-        runs, last_seq = snapshot.runs, snapshot.last_seq
-        entries: list[bytes] = []
-        since_checkpoint = 0
-        for run in runs:
-            left = None if limit is None else limit - len(entries)
-            if left == 0:
-                break
-            entries += run_payloads(run, limit=left)
-            since_checkpoint += len(run.messages)
-            if since_checkpoint >= ENCODE_CHUNK_LINES:
-                since_checkpoint = 0
-                await anyio.lowlevel.checkpoint()
-        body = b'{%s"entries":[%s],"last_seq":%d}' % (fields, b",".join(entries), last_seq)
-        return _Reply(200, body)
-
-    def _client_body(self, name: str, lines: int | None) -> bytes:
-        """``client_json``'s object for ``name`` with its newest ``lines`` lines (all if None),
-        the log encoded from the stored runs: ~0.6 us a line, so even every client's whole
-        buffer answers without stalling the server for long."""
-        registry = self.registry
-        summary = dumps(client_json(registry.client(name, log_limit=0)))
-        runs = registry.snapshot(0, name).runs if lines is None else registry.newest(name, lines)
-        log = b",".join(payload for run in runs for payload in run_payloads(run))
-        assert summary.endswith(b'"log":[]}')  # client_json puts the log last
-        return summary[: -len(b"[]}")] + b"[" + log + b"]}"
-
-    def _known(self, name: str | None) -> str | None:
-        """``name`` if the registry knows it (or None); raises _HttpError (404) otherwise."""
-        if name is None:
-            return None
-        if not is_valid_name(name):
-            raise _HttpError(400, "bad-request", f"invalid client name: {name!r}")
-        try:
-            self.registry.newest(name, 0)
-        except NoSuchClient:
-            raise _HttpError(404, "no-such-client", f"no such client: {name}") from None
-        return name
-
-    async def _send_reply(
-        self,
-        conn: h11.Connection,
-        stream: anyio.abc.SocketStream,
-        reply: _Reply,
-        *,
-        head: bool,
-        close: bool,
-    ) -> None:
-        headers = [
-            ("content-type", reply.content_type),
-            ("content-length", str(len(reply.body))),
-            ("cache-control", "no-store"),
-            *reply.headers,
-        ]
-        if close:
-            headers.append(("connection", "close"))
-        reason = HTTPStatus(reply.status).phrase.encode()
-        data = conn.send(h11.Response(status_code=reply.status, headers=headers, reason=reason))
-        if not head:
-            data += conn.send(h11.Data(data=reply.body))
-        data += conn.send(h11.EndOfMessage())
-        await stream.send(data)
-
-    async def _upgrade(
-        self,
-        conn: h11.Connection,
-        stream: anyio.abc.SocketStream,
-        request: h11.Request,
-        query: _Query,
-    ) -> None:
-        """Accept the WebSocket (or answer 400) and serve the tail to its end."""
-        client = query.client()
-        since = query.integer("since", 0)
-        ws = WSConnection(ConnectionType.SERVER)
-        try:
-            ws.initiate_upgrade_connection(list(request.headers), request.target)
-            handshake = next(ws.events(), None)
-        except WebSocketProtocolError as error:
-            raise _HttpError(400, "bad-request", f"bad WebSocket handshake: {error}") from None
-        if not isinstance(handshake, Request):
-            raise _HttpError(400, "bad-request", "bad WebSocket handshake")
-        trailing, _ = conn.trailing_data
-        await stream.send(ws.send(AcceptConnection()))
-        if trailing:
-            ws.receive_data(trailing)
-        await run_tail(
-            stream, ws, self.registry, client=client, since=since, options=self.tail_options
-        )
-
-
-def _head_size(request: h11.Request) -> int:
-    """Bytes of a request's line and headers, as sent (h11 bounds only what arrives
-    incomplete, so a head that arrives whole is measured here against the same limit)."""
-    line = len(request.method) + len(request.target) + len(b"  HTTP/1.1\r\n")
-    headers = sum(len(name) + len(value) + len(b": \r\n") for name, value in request.headers)
-    return line + headers + len(b"\r\n")
-
-
-async def _refuse_busy(stream: anyio.abc.SocketStream) -> None:
-    """Answer 503 to a connection past MAX_CONNECTIONS: read what the request sent first (so
-    the close is not a reset that loses the answer), within a second; never raises."""
-    with anyio.move_on_after(1):
-        try:
-            await stream.receive(MAX_HEADER_BYTES)
-            await stream.send(_BUSY)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
-
-
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-    b"content-length: 56\r\nconnection: close\r\n\r\n"
-    b'{"error":"too many open connections","code":"too-busy"}\n'
-)
+            raise HttpError(401, "unauthorized", "a valid bearer token is required", challenge)

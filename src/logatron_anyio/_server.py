@@ -22,6 +22,7 @@ import math
 import socket
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -38,7 +39,7 @@ from logatron_core import (
 from ._accept import serve_listener
 from ._stream import EventStream
 
-__all__ = ["LogatronServer"]
+__all__ = ["LogatronServer", "StoreDriver"]
 
 logger = logging.getLogger("logatron.server")
 
@@ -53,6 +54,16 @@ RECEIVE_BYTES = 64 * 1024
 # How long a closing connection may take to flush its last replies (a fatal ERR) to a peer that
 # does not read, before the socket is closed anyway.
 CLOSE_GRACE_SECONDS = 2.0
+
+
+class StoreDriver(Protocol):
+    """What the server needs of a store that writes in the background (``--data-dir``)."""
+
+    def pong_held(self) -> None:
+        """A session holds a ``PONG`` until its lines are stored: store them soon."""
+
+    async def wait_writable(self) -> None:
+        """Return once the store accepts more (at once unless its writes are failing)."""
 
 
 class _Writer:
@@ -76,6 +87,8 @@ class _Writer:
         self._wakeup.set()
 
     async def run(self, stream: anyio.abc.SocketStream) -> None:
+        """Until finished and nothing is left to write (PONGs still held by the store
+        included); the connection's handler bounds the wait after the reader is done."""
         session = self._session
         while True:
             data = session.data_to_send()
@@ -85,7 +98,7 @@ class _Writer:
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     return  # the peer is gone; the reader will see it too
                 continue  # more may have come meanwhile
-            if self._finished:
+            if self._finished and not session.pongs_held:
                 return
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
@@ -112,6 +125,7 @@ class LogatronServer:
         registry: Registry | None = None,
         max_line_bytes: int = MAX_LINE_BYTES,
         clock: Callable[[], float] = time.time,
+        store_driver: StoreDriver | None = None,
     ) -> None:
         if max_line_bytes < 1:
             raise ValueError(f"max_line_bytes must be at least 1, not {max_line_bytes}")
@@ -121,6 +135,7 @@ class LogatronServer:
         self.max_line_bytes = max_line_bytes
         self.clock = clock
         self.address: tuple[str, int] = (host, port)
+        self.store_driver = store_driver
         self._retention_changed: anyio.Event | None = None
 
     def events(self, max_queue: int = 1000, *, client: str | None = None) -> EventStream:
@@ -179,6 +194,7 @@ class LogatronServer:
             except OSError:
                 pass  # the peer is gone already: the first receive will say so
             writer = _Writer(session)
+            session.on_replies = writer.wake  # PONGs released by the store's confirmation
             async with anyio.create_task_group() as tg:
                 tg.start_soon(writer.run, stream)
                 try:
@@ -221,7 +237,10 @@ class LogatronServer:
         receive = stream.receive
         feed = session.receive_data
         clock = self.clock
+        registry, driver = self.registry, self.store_driver
         while True:
+            if driver is not None:
+                await driver.wait_writable()  # back-pressure while the store cannot write
             try:
                 data = await receive(RECEIVE_BYTES)
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
@@ -231,6 +250,8 @@ class LogatronServer:
                 _log_session_events(events, session.name, peer)
             if session.has_replies:
                 writer.wake()
+            if driver is not None and registry.pongs_waiting:
+                driver.pong_held()
             if session.closed or not data:
                 return
 

@@ -11,18 +11,23 @@ WebSocket frames and writes them, a few thousand lines at a time, so that a tail
 stalls keeps its backlog queued (and lags) instead of encoding it; another task reads the
 peer's frames (pongs, close).
 
+Every write to the peer has a deadline (the HTTP server's send timeout): a peer that stops
+reading for that long ends the tail (1011), whatever the ping interval. A watchdog task keeps
+it, rather than a cancel scope around each write, which would cost ~8 us a write (~15% of the
+server's time sending a backlog).
+
 Speed: wsproto handles the handshake and every control frame, but text frames are built here
-(and log lines' JSON by ``run_payloads``): ~0.6 us a line against ~7 us through ``json.dumps``
-and ``WSConnection.send``, and a live tail must keep up with ingest. This is sound because the
-server accepts no extension (``AcceptConnection()`` offers none), never fragments, and only
-writes data frames while wsproto says the connection is open.
+(and the messages by ``_messages``, log lines by its ``run_payloads``): ~0.6 us a line against
+~7 us through ``json.dumps`` and ``WSConnection.send``, and a live tail must keep up with
+ingest. This is sound because the server accepts no extension (``AcceptConnection()`` offers
+none), never fragments, and only writes data frames while wsproto says the connection is open.
 """
 
 from __future__ import annotations
 
 import socket
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
 import anyio.abc
@@ -38,10 +43,10 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError as WebSocketLocalProtocolError
 
-from logatron_core import Logged, LogSource, NoSuchClient, RegistryEvent
+from logatron_core import Logged, LogSource, NoSuchClient
 
-from ._api import dumps, event_json, run_payloads
-from ._stream import EventStream, Lagged
+from ._messages import Current, Gap, tail_payloads
+from ._stream import EventStream
 
 __all__ = [
     "DEFAULT_TAIL_QUEUE_LINES",
@@ -78,6 +83,9 @@ RECEIVE_BYTES = 16 * 1024
 # A message from the peer longer than this closes the tail (1009): tails take no input.
 MAX_INCOMING_MESSAGE_BYTES = 64 * 1024
 
+# How a tail ends: a close code and its reason.
+Done = Callable[[tuple[int, str]], None]
+
 
 class TailOptions:
     """Settings shared by every tail of one HTTP server."""
@@ -110,26 +118,22 @@ def _text_frame(payload: bytes) -> bytes:
     return b"\x81\x7f" + length.to_bytes(8, "big") + payload
 
 
-def _payloads(item: RegistryEvent | Lagged) -> list[bytes]:
-    if isinstance(item, Logged):
-        return run_payloads(item, tail=True)
-    if isinstance(item, Lagged):
-        return [dumps({"type": "lagged", "missed": item.missed})]
-    return [dumps(event_json(item))]
-
-
 class _Tail:
-    """One open tail: its WebSocket, its queue and its three tasks."""
+    """One open tail: its WebSocket, its queue and its four tasks (write, read, ping, watch
+    the writes)."""
 
     def __init__(
         self,
         stream: anyio.abc.ByteStream,
         ws: WSConnection,
         options: TailOptions,
+        send_timeout: float,
     ) -> None:
         self.stream = stream
         self.ws = ws
         self.options = options
+        self.send_timeout = send_timeout
+        self.writing_since: float | None = None  # when the write in progress began
         self.send_lock = anyio.Lock()
         self.awaiting_pong = False
         self.incoming = 0  # bytes of the peer's current message
@@ -142,7 +146,7 @@ class _Tail:
                 data = self.ws.send(event)
             except WebSocketLocalProtocolError:
                 return  # the connection closed meanwhile: nothing to say any more
-            await self.stream.send(data)
+            await self._write(data)
 
     async def send_payloads(self, payloads: Iterable[bytes]) -> None:
         """Write each payload as a text frame, batched; nothing once the connection closes."""
@@ -161,7 +165,15 @@ class _Tail:
     async def send_data(self, data: bytes) -> None:
         async with self.send_lock:
             if self.ws.state is ConnectionState.OPEN:
-                await self.stream.send(data)
+                await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        """Every write to the peer (under the send lock), watched by ``watch_writes``."""
+        self.writing_since = anyio.current_time()
+        try:
+            await self.stream.send(data)
+        finally:
+            self.writing_since = None
 
     async def write_live(self, events: EventStream) -> None:
         while True:
@@ -170,10 +182,10 @@ class _Tail:
             # reader runs (on trio, writing run by run starved a live tail to ~20k lines/s).
             payloads: list[bytes] = []
             for item in events.drain(WRITE_BATCH_LINES):
-                payloads += _payloads(item)
+                payloads += tail_payloads(item)
             await self.send_payloads(payloads)
 
-    async def read(self, done: Callable[[tuple[int, str]], None]) -> None:
+    async def read(self, done: Done) -> None:
         while True:
             try:
                 data: bytes | None = await self.stream.receive(RECEIVE_BYTES)
@@ -186,7 +198,7 @@ class _Tail:
                 done((1006, "connection lost"))
                 return
 
-    async def on_event(self, event: Event, done: Callable[[tuple[int, str]], None]) -> None:
+    async def on_event(self, event: Event, done: Done) -> None:
         if isinstance(event, Ping):
             await self.send_event(event.response())
         elif isinstance(event, Pong):
@@ -205,7 +217,7 @@ class _Tail:
             await self.send_event(event.response())
             done((event.code, event.reason or ""))
 
-    async def ping(self, done: Callable[[tuple[int, str]], None]) -> None:
+    async def ping(self, done: Done) -> None:
         interval = self.options.ping_interval
         while True:
             await anyio.sleep(interval)
@@ -217,6 +229,24 @@ class _Tail:
             # this ping after an interval, and the missing pong ends the tail next time round.
             with anyio.move_on_after(interval):
                 await self.send_event(Ping(b"logatron"))
+
+    async def watch_writes(self, done: Done) -> None:
+        """End the tail when one write has taken longer than the send timeout: wake when the
+        write in progress would pass it (or a timeout from now, if none is)."""
+        timeout = self.send_timeout
+        while True:
+            started, now = self.writing_since, anyio.current_time()
+            if started is not None and now - started >= timeout:
+                done((1011, f"a write took over {timeout:g} s"))
+                return
+            await anyio.sleep(timeout if started is None else started + timeout - now)
+
+    async def until_gone(self, task: Callable[[Done], Awaitable[None]], done: Done) -> None:
+        """Run ``task``; a lost connection ends the tail."""
+        try:
+            await task(done)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            done((1006, "connection lost"))
 
     async def say_goodbye(self) -> None:
         """Send our close frame (best effort, bounded in time) if the peer has not closed."""
@@ -261,16 +291,18 @@ async def run_tail(
     client: str | None,
     since: int | None,
     options: TailOptions,
+    send_timeout: float,
 ) -> None:
     """Serve one accepted WebSocket tail until the peer leaves or the task is cancelled.
 
-    ``since`` None means the whole buffered backlog without a gap notice. Every way out sends a
-    close frame with a code and a reason when the connection still allows it.
+    ``since`` None means the whole buffered backlog without a gap notice. A write may take
+    ``send_timeout`` seconds at most. Every way out sends a close frame with a code and a
+    reason when the connection still allows it.
     """
     raw_socket = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
     if raw_socket is not None:
         raw_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TAIL_SEND_BUFFER_BYTES)
-    tail = _Tail(stream, ws, options)
+    tail = _Tail(stream, ws, options, send_timeout)
     events = EventStream(
         source,
         options.max_queue_lines,
@@ -281,7 +313,7 @@ async def run_tail(
     options.subscribers += 1
     try:
         backlog, missed, last_seq = _backlog(source, events, since, client)
-        current = dumps({"type": "current", "last_seq": last_seq})
+        current = Current(last_seq)
         async with anyio.create_task_group() as tg:
 
             def done(reason: tuple[int, str]) -> None:
@@ -289,17 +321,18 @@ async def run_tail(
                     tail.close = reason
                 tg.cancel_scope.cancel()
 
-            tg.start_soon(tail.read, done)
-            tg.start_soon(tail.ping, done)
-            try:
+            async def write(done: Done) -> None:
                 if missed:
-                    await tail.send_payloads([dumps({"type": "gap", "missed": missed})])
+                    await tail.send_payloads(tail_payloads(Gap(missed)))
                 while backlog:
-                    await tail.send_payloads(_payloads(backlog.popleft()))
-                await tail.send_payloads([current])
+                    await tail.send_payloads(tail_payloads(backlog.popleft()))
+                await tail.send_payloads(tail_payloads(current))
                 await tail.write_live(events)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                done((1006, "connection lost"))
+
+            tg.start_soon(tail.until_gone, tail.read, done)
+            tg.start_soon(tail.until_gone, tail.ping, done)
+            tg.start_soon(tail.watch_writes, done)
+            await tail.until_gone(write, done)
     finally:
         events.close()
         options.subscribers -= 1

@@ -60,6 +60,7 @@ from ._limits import (
 )
 from ._memory import MemoryStore
 from ._registry import Registry
+from ._remote import Append, Claim, Release, RemoteRegistry, SetKey
 from ._session import Session
 from ._store import (
     ClientInfo,
@@ -86,7 +87,9 @@ __all__ = (
     "MAX_NAME_LENGTH",
     "MAX_PENDING_REPLY_BYTES",
     "NEED_DATA",
+    "Append",
     "Batch",
+    "Claim",
     "ClientClosed",
     "ClientConnection",
     "ClientEvent",
@@ -119,12 +122,15 @@ __all__ = (
     "RegistryRefusal",
     "RegistryStats",
     "Rejected",
+    "Release",
     "RemoteProtocolError",
+    "RemoteRegistry",
     "ServerConnection",
     "ServerEvent",
     "ServerRefused",
     "Session",
     "SessionEvent",
+    "SetKey",
     "SetState",
     "Snapshot",
     "StateSet",

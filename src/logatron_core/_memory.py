@@ -187,6 +187,35 @@ class MemoryStore:
             record.lines_evicted += evicted
         return first, evicted
 
+    def append_at(
+        self,
+        name: str,
+        first_seq: int,
+        now: float,
+        messages: tuple[str, ...],
+        truncated: bool,
+        buffer_size: int,
+    ) -> int:
+        """Append a run whose seqs were decided elsewhere (a shared store); returns the lines
+        evicted. Raises NoSuchClient."""
+        record = self._get(name)
+        self._last_seq = max(self._last_seq, first_seq + len(messages) - 1)
+        evicted = record.store((first_seq, now, messages, truncated), buffer_size)
+        record.lines_received += len(messages)
+        record.lines_evicted += evicted
+        return evicted
+
+    def forget(self, name: str) -> bool:
+        """Drop ``name``'s record (a shared store expired it); False if there was none."""
+        record = self._records.pop(name, None)
+        if record is None:
+            return False
+        if record.connected:
+            self._connected -= 1
+        else:
+            del self._retained[name]
+        return True
+
     def set_state(self, name: str, key: str, value: str, max_keys: int) -> None:
         state = self._get(name).state
         if key not in state and len(state) >= max_keys:

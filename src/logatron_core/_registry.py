@@ -86,11 +86,12 @@ class Registry:
 
     # -- changes -------------------------------------------------------------------------------
 
-    def connect(self, name: str, now: float) -> None:
+    def connect(self, name: str, now: float, *, origin: object = None) -> None:
         """Mark ``name`` connected, resuming its retained record if there is one.
 
         Raises NameTaken if ``name`` is connected, TooManyClients at the limit; nothing changes
-        then. Emits ClientReady.
+        then. Emits ClientReady. ``origin`` (the session asking) matters only to registries
+        whose changes are decided elsewhere (RemoteRegistry); so for every change.
         """
         self.expire(now)
         self.store.connect(name, now, self.max_clients)
@@ -99,7 +100,13 @@ class Registry:
         self._emit(ClientReady(name, now))
 
     def append(
-        self, name: str, messages: Sequence[str], now: float, truncated: bool = False
+        self,
+        name: str,
+        messages: Sequence[str],
+        now: float,
+        truncated: bool = False,
+        *,
+        origin: object = None,
     ) -> None:
         """Append a run of lines to connected ``name``'s log, evicting its oldest.
 
@@ -121,7 +128,9 @@ class Registry:
         if self._subscribers:
             self._emit(Logged(name, first, now, messages, truncated))
 
-    def set_state(self, name: str, key: str, value: str, now: float) -> None:
+    def set_state(
+        self, name: str, key: str, value: str, now: float, *, origin: object = None
+    ) -> None:
         """Set one state key. Raises TooManyKeys for a new key past the limit (nothing stored).
 
         Emits StateSet.
@@ -130,7 +139,7 @@ class Registry:
         self.mark += 1
         self._emit(StateSet(name, key, value, now))
 
-    def disconnect(self, name: str, now: float) -> None:
+    def disconnect(self, name: str, now: float, *, origin: object = None) -> None:
         """Mark ``name`` disconnected; retain or forget its record. Emits ClientClosed.
 
         Does nothing for a client already disconnected.
@@ -208,10 +217,6 @@ class Registry:
         for session in list(self._waiting):
             if session.release_pongs(mark):
                 del self._waiting[session]
-
-    def forget_session(self, session: "Session") -> None:
-        """``session`` closed: it waits for nothing any more."""
-        self._waiting.pop(session, None)
 
     # -- subscribers ---------------------------------------------------------------------------
 

@@ -91,7 +91,7 @@ class Session:
         are counted).
         """
         if self.closed:
-            return _NO_EVENTS
+            return self._take_events()
         connection = self._connection
         registry = self._registry
         registry.count_bytes(len(data))
@@ -108,13 +108,13 @@ class Session:
             kind = type(event)
             if kind is Log:
                 assert isinstance(event, Log) and self.name is not None
-                registry.append(self.name, event.messages, now, event.truncated)
+                registry.append(self.name, event.messages, now, event.truncated, origin=self)
             elif event is NEED_DATA:
                 break
             elif kind is SetState:
                 assert isinstance(event, SetState) and self.name is not None
                 try:
-                    registry.set_state(self.name, event.key, event.value, now)
+                    registry.set_state(self.name, event.key, event.value, now, origin=self)
                 except RegistryRefusal as refusal:
                     self._refuse(refusal.code, refusal.detail)
             elif kind is Ping:
@@ -126,7 +126,7 @@ class Session:
             elif kind is Identify:
                 assert isinstance(event, Identify)
                 try:
-                    registry.connect(event.name, now)
+                    registry.connect(event.name, now, origin=self)
                 except RegistryRefusal as refusal:
                     self._refuse(refusal.code, refusal.detail)
                     self._close(now)
@@ -137,10 +137,18 @@ class Session:
                 assert isinstance(event, ConnectionClosed)
                 self._close(now)
                 break
+        return self._take_events()
+
+    def _take_events(self) -> Sequence[SessionEvent]:
         if not self._events:
             return _NO_EVENTS
         events, self._events = self._events, []
         return events
+
+    @property
+    def pongs_held(self) -> bool:
+        """True while a ``PONG`` waits for the registry to confirm the lines before it."""
+        return bool(self._held)
 
     @property
     def has_replies(self) -> bool:
@@ -164,6 +172,19 @@ class Session:
         if released and self.on_replies is not None:
             self.on_replies()
         return not held
+
+    def refuse_late(self, code: ErrorCode, detail: str, now: float) -> None:
+        """A change was refused after ``receive_data`` returned (by a shared store): answer
+        ``ERR`` (reported by the next ``receive_data``) and, for a fatal code (a refused
+        claim: the name was never this session's), close. Calls ``on_replies``."""
+        if self.closed:
+            return
+        self._refuse(code, detail)
+        if code.fatal:
+            self.name = None
+            self._close(now)
+        if self.on_replies is not None:
+            self.on_replies()
 
     def _pong(self, line: bytes) -> None:
         """Answer now, or once the registry confirms every earlier change (see Registry)."""
@@ -191,9 +212,9 @@ class Session:
             self._reply(self._connection.send(reply))
 
     def _close(self, now: float) -> None:
+        # PONGs still held are answered once confirmed (a peer may half-close after its PING
+        # and wait for the PONG); the adapter bounds how long it waits to write them.
         self.closed = True
-        self._held.clear()  # the peer is gone: nothing to confirm to it
-        self._registry.forget_session(self)
         self._registry.count_connection(-1)
         if self.name is not None:
-            self._registry.disconnect(self.name, now)
+            self._registry.disconnect(self.name, now, origin=self)

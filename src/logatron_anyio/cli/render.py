@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
-from logatron_core import ClientClosed, ClientInfo, ClientReady, LogEntry, StateSet
+from logatron_core import ClientClosed, ClientExpired, ClientInfo, ClientReady, LogEntry, StateSet
 
 from .. import Current, Gap, Lagged, TailEvent
-from .._api import client_json, dumps, entry_json, event_json
+from .._messages import client_json, dumps, entry_json, tail_event_json
 
 __all__ = [
     "Output",
@@ -28,7 +28,6 @@ __all__ = [
     "printable",
     "state_lines",
     "table",
-    "tail_json",
 ]
 
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
@@ -138,19 +137,6 @@ def entry_lines(entries: Sequence[LogEntry], as_json: bool) -> list[str]:
     return [_entry_line(entry, client_width, seq_width) for entry in entries]
 
 
-def tail_json(event: TailEvent) -> dict[str, Any]:
-    """The API's JSON shape of one tail message: the one place ``tail --json`` builds it."""
-    if isinstance(event, LogEntry):
-        return {"type": "log", **entry_json(event)}
-    if isinstance(event, Current):
-        return {"type": "current", "last_seq": event.last_seq}
-    if isinstance(event, Gap):
-        return {"type": "gap", "missed": event.missed}
-    if isinstance(event, Lagged):
-        return {"type": "lagged", "missed": event.missed}
-    return event_json(event)
-
-
 class Output:
     """Lines to stdout (and notices to stderr), each flushed at once: usable behind ``| grep``."""
 
@@ -195,7 +181,7 @@ class TailPrinter:
         if isinstance(event, Current):
             self._current()
         if self.as_json:
-            self.output.line(json_line(tail_json(event)))
+            self.output.line(json_line(tail_event_json(event)))
         elif isinstance(event, LogEntry):
             self._widen(event.client, len(str(event.seq)) + 1)
             self.output.line(_entry_line(event, self.client_width, self.seq_width))
@@ -205,6 +191,8 @@ class TailPrinter:
             self._line(event.name, event.timestamp, "* connected")
         elif isinstance(event, ClientClosed):
             self._line(event.name, event.timestamp, "* disconnected")
+        elif isinstance(event, ClientExpired):
+            self._line(event.name, event.timestamp, "* forgotten (retention over)")
         elif isinstance(event, Gap):
             self.output.notice(f"-- {event.missed} lines missed (evicted) --")
         elif isinstance(event, Lagged):

@@ -17,6 +17,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TextIO, TypeVar, get_args
 
 import anyio
@@ -34,6 +35,7 @@ from logatron_core import (
 )
 
 from .. import HttpServer, LogatronServer
+from .._durable import DEFAULT_FLUSH_INTERVAL, DataDirError, DurableStore
 from .common import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -52,9 +54,19 @@ from .common import (
     until_signal,
 )
 
-__all__ = ["LogFormat", "ServeConfig", "build_servers", "http_url", "run", "serve"]
+__all__ = [
+    "Fsync",
+    "LogFormat",
+    "ServeConfig",
+    "Servers",
+    "build_servers",
+    "http_url",
+    "run",
+    "serve",
+]
 
 LogFormat = Literal["text", "json"]
+Fsync = Literal["normal", "always"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,39 +86,71 @@ class ServeConfig:
     log_format: LogFormat = "text"
     http_port: int = 2213
     no_http: bool = False
+    data_dir: str | None = None
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL
+    fsync: Fsync = "normal"
     token: str | None = field(default=None, repr=False)  # never logged
+
+
+@dataclass(frozen=True, slots=True)
+class Servers:
+    """What ``serve`` runs: the TCP server, the HTTP server, the durable store (if any)."""
+
+    tcp: LogatronServer
+    http: HttpServer | None
+    durable: DurableStore | None
 
 
 _DEFAULT = ServeConfig()
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def build_servers(config: ServeConfig) -> tuple[LogatronServer, HttpServer | None]:
-    """The TCP server and (unless ``no_http``) the HTTP server over one new registry: the one
-    place that constructs them."""
-    registry = Registry(
-        buffer_size=config.buffer_size,
-        max_clients=config.max_clients,
-        max_state_keys=config.max_state_keys,
-        retention_seconds=config.retention_seconds,
-        max_retained=config.max_retained,
-    )
+def build_servers(config: ServeConfig) -> Servers:
+    """The servers over one new registry (read back from ``data_dir`` when given): the one
+    place that constructs them. Raises DataDirError when the data directory cannot be used."""
+    options: dict[str, int | float] = {
+        "buffer_size": config.buffer_size,
+        "max_clients": config.max_clients,
+        "max_state_keys": config.max_state_keys,
+        "retention_seconds": config.retention_seconds,
+        "max_retained": config.max_retained,
+    }
+    durable = None
+    if config.data_dir is None:
+        registry = Registry(**options)  # type: ignore[arg-type]
+    else:
+        durable = DurableStore.open(
+            Path(config.data_dir),
+            options,
+            flush_interval=config.flush_interval,
+            fsync=config.fsync == "always",
+        )
+        registry = durable.registry
     tcp = LogatronServer(
-        config.host, config.port, registry=registry, max_line_bytes=config.max_line_bytes
+        config.host,
+        config.port,
+        registry=registry,
+        max_line_bytes=config.max_line_bytes,
+        store_driver=durable,
     )
-    if config.no_http:
-        return tcp, None
-    http = HttpServer(registry, config.host, config.http_port, token=config.token)
-    return tcp, http
+    http = None
+    if not config.no_http:
+        health = None if durable is None else (lambda: durable.health)
+        http = HttpServer(
+            registry, config.host, config.http_port, token=config.token, store_health=health
+        )
+    return Servers(tcp, http, durable)
 
 
 def run(config: ServeConfig) -> int:
-    """Serve until Ctrl-C or SIGTERM (0), or until a port cannot be bound (1, said on stderr).
+    """Serve until Ctrl-C or SIGTERM (0), or until a port cannot be bound or the data directory
+    cannot be used (1, said on stderr in one line).
 
     The ``logatron`` logger gets a handler on stderr for the run, removed afterwards."""
     log = logging.getLogger("logatron")
     level = log.level
     handler = _configure_log(config.log_format, sys.stderr)
+    servers = None
     try:
         settings = asdict(config)
         del settings["token"]
@@ -116,9 +160,13 @@ def run(config: ServeConfig) -> int:
             ", ".join(f"{key}={value}" for key, value in settings.items()),
             extra={"event": "starting", **settings},
         )
-        tcp, http = build_servers(config)
+        try:
+            servers = build_servers(config)
+        except DataDirError as error:
+            say_error(str(error))
+            return 1
         anyio.run(
-            until_signal, functools.partial(_serve, tcp, http), _stopping, backend=config.backend
+            until_signal, functools.partial(_serve, servers), _stopping, backend=config.backend
         )
     except (_CannotListen, ExceptionGroup) as raised:
         cannot = only(raised, _CannotListen)
@@ -127,6 +175,8 @@ def run(config: ServeConfig) -> int:
         say_error(str(cannot))
         return 1
     finally:
+        if servers is not None and servers.durable is not None:
+            servers.durable.close()
         log.removeHandler(handler)
         log.setLevel(level)
     return 0
@@ -211,7 +261,23 @@ async def _listen(
     return bound
 
 
-async def _serve(tcp: LogatronServer, http: HttpServer | None) -> None:
+async def _serve(servers: Servers) -> None:
+    """Serve until cancelled; with a durable store, its last batch is written once the servers
+    have closed every connection."""
+    durable = servers.durable
+    async with anyio.create_task_group() as tg:
+        if durable is not None:
+            await tg.start(durable.run)
+        try:
+            await _serve_ports(servers.tcp, servers.http)
+        finally:
+            if durable is not None:
+                with anyio.CancelScope(shield=True):
+                    await durable.flush()
+            tg.cancel_scope.cancel()
+
+
+async def _serve_ports(tcp: LogatronServer, http: HttpServer | None) -> None:
     # Both servers listen before either line is printed; they serve until cancelled.
     async with anyio.create_task_group() as tg:
         address = await _listen(tg, tcp.serve, "", (tcp.host, tcp.port))
@@ -263,6 +329,28 @@ def _limit(flag: str, envvar: str, minimum: int, metavar: str, help: str) -> Cal
     help="port of the HTTP API, WebSocket tail and status page (0: any free port)",
 )
 @_setting("--no-http", "LOGATRON_NO_HTTP", is_flag=True, help="no HTTP interface, TCP only")
+@_setting(
+    "--data-dir",
+    "LOGATRON_DATA_DIR",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="keep every client's lines and state in DIR (created if missing) across restarts; "
+    "a PONG then means the lines before it are on disk",
+)
+@_setting(
+    "--flush-interval",
+    "LOGATRON_FLUSH_INTERVAL",
+    type=Number(min=0.001),
+    metavar="SECONDS",
+    help="with --data-dir: write at least this often (a PING writes at once)",
+)
+@_setting(
+    "--fsync",
+    "LOGATRON_FSYNC",
+    type=click.Choice(get_args(Fsync)),
+    help="with --data-dir: normal survives a crash of the server; always also a power loss "
+    "(each write waits for the disk)",
+)
 @token_option("bearer token every HTTP route but /healthz then requires")
 @click.pass_context
 def serve(ctx: click.Context, /, **settings: Any) -> None:

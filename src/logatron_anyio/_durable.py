@@ -1,0 +1,187 @@
+"""``--data-dir``: the registry's memory store kept on disk, so a restart loses nothing confirmed.
+
+:meth:`DurableStore.open` reads the data directory back into a new registry (``rebuild``), then
+:meth:`DurableStore.run` writes the journal's batches (``logatron_core.Journal``) to SQLite in
+a worker thread, one transaction each, one at a time: every ``flush_interval`` seconds, and at
+once when a ``PING`` waits for its ``PONG`` (pings that arrive together share one write). A
+batch written confirms the registry's held ``PONG``s; a batch that fails (a full disk) is kept
+for the next write, ``PONG``s stay held, the failure is logged, counted and shown by
+``/healthz``, and the TCP server stops reading from its clients (back-pressure) until a write
+succeeds again, which it retries every ``flush_interval``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from logatron_core import Batch, Journal, MemoryStore, Registry, rebuild
+
+from ._sqlite import DataDirError, SqliteFile
+
+__all__ = ["DEFAULT_FLUSH_INTERVAL", "DataDirError", "DurableStore", "StoreHealth"]
+
+logger = logging.getLogger("logatron.store")
+
+# Seconds between writes when no PING asks for one (issue 8's default). Lines confirmed by a
+# PONG are written before it; this bounds what a crash loses of the lines not yet confirmed.
+DEFAULT_FLUSH_INTERVAL = 1.0
+
+
+@dataclass(slots=True)
+class StoreHealth:
+    """The durable store's figures, for ``/healthz`` and ``/metrics``."""
+
+    failing: bool = False
+    last_error: str = ""
+    flushes: int = 0
+    failed_flushes: int = 0
+    rows_written: int = 0
+    flush_seconds: float = 0.0  # total time spent writing
+    last_flush_seconds: float = 0.0
+
+
+class DurableStore:
+    """A registry whose memory store is journaled to ``directory``; made by :meth:`open`."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        journal: Journal,
+        file: SqliteFile,
+        flush_interval: float,
+    ) -> None:
+        self.registry = registry
+        self.health = StoreHealth()
+        self._journal = journal
+        self._file = file
+        self._flush_interval = flush_interval
+        self._wanted: anyio.Event | None = None
+        self._writable: anyio.Event | None = None
+        self._limiter = anyio.CapacityLimiter(1)
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        registry_options: dict[str, int | float],
+        *,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        fsync: bool = False,
+        max_pages: int | None = None,
+        now: float | None = None,
+    ) -> DurableStore:
+        """Open ``directory`` (created if missing) and rebuild the registry from it.
+
+        ``registry_options`` are Registry's keyword arguments. Raises DataDirError (one line
+        for the operator) when the directory cannot be used, ValueError for bad options.
+        """
+        file = SqliteFile(directory, fsync=fsync, max_pages=max_pages)
+        try:
+            stored = file.load()
+            store = rebuild(
+                MemoryStore(), stored.clients, stored.runs, stored.last_seq, now or time.time()
+            )
+            registry = Registry(store, **registry_options)  # type: ignore[arg-type]
+            journal = Journal(registry, store)
+        except BaseException:
+            file.close()
+            raise
+        return cls(registry, journal, file, flush_interval)
+
+    @property
+    def directory(self) -> Path:
+        return self._file.directory
+
+    def set_max_pages(self, max_pages: int) -> None:
+        """Change the database's size cap (tests: a disk that fills up, then frees space)."""
+        self._file.set_max_pages(max_pages)
+
+    def pong_held(self) -> None:
+        """A session holds a ``PONG``: write soon."""
+        if self._wanted is not None:
+            self._wanted.set()
+
+    async def wait_writable(self) -> None:
+        """Return at once unless writes are failing; then once one has succeeded again."""
+        while self.health.failing and self._writable is not None:
+            await self._writable.wait()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Write batches until cancelled. The owner writes the last batch once the servers
+        have stopped (``flush()``), then calls ``close()``."""
+        self._wanted = anyio.Event()
+        self._writable = anyio.Event()
+        task_status.started()
+        while True:
+            with anyio.move_on_after(self._flush_interval):
+                await self._wanted.wait()
+            self._wanted = anyio.Event()
+            if not await self.flush():
+                # Retried on the interval, not on every PING.
+                await anyio.sleep(self._flush_interval)
+
+    def close(self) -> None:
+        """Close the database and release the directory (after the last ``flush()``)."""
+        self._file.close()
+
+    async def flush(self) -> bool:
+        """Write what changed since the last batch; True unless the write failed."""
+        batch = self._journal.take()
+        if batch is None:
+            return True
+        started = time.perf_counter()
+        try:
+            rows = await anyio.to_thread.run_sync(self._write, batch, limiter=self._limiter)
+        except (sqlite3.Error, OSError) as error:
+            self._journal.failed(batch)
+            self._failed(error)
+            return False
+        elapsed = time.perf_counter() - started
+        health = self.health
+        health.flushes += 1
+        health.rows_written += rows
+        health.flush_seconds += elapsed
+        health.last_flush_seconds = elapsed
+        self._journal.written(batch)
+        if health.failing:
+            health.failing = False
+            logger.warning(
+                "writing to %s works again",
+                self.directory,
+                extra={"event": "store-recovered", "directory": str(self.directory)},
+            )
+            if self._writable is not None:
+                self._writable.set()
+                self._writable = anyio.Event()
+        return True
+
+    def _write(self, batch: Batch) -> int:
+        return self._file.write(batch)
+
+    def _failed(self, error: BaseException) -> None:
+        health = self.health
+        health.failed_flushes += 1
+        health.last_error = str(error) or type(error).__name__
+        if not health.failing:
+            health.failing = True
+            logger.error(
+                "cannot write to %s (PONGs are held, reading paused, retrying every %g s): %s",
+                self.directory,
+                self._flush_interval,
+                health.last_error,
+                extra={
+                    "event": "store-failing",
+                    "directory": str(self.directory),
+                    "error": health.last_error,
+                },
+            )

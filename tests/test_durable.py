@@ -1,0 +1,310 @@
+"""``logatron serve --data-dir``: restarts, graceful or not, lose nothing a PONG confirmed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from logatron_anyio import Consumer, Current, HttpServer, LogatronServer
+from logatron_anyio._durable import DurableStore
+from logatron_core import LogEntry
+from logatron_sync import LogatronHandler
+
+TIMEOUT = 20
+BACKENDS = ["asyncio", "trio"]
+
+
+class Serve:
+    """A ``logatron serve`` subprocess on ephemeral ports (or the TCP port given)."""
+
+    def __init__(self, data_dir: Path, backend: str, *extra: str, port: int = 0) -> None:
+        command = [
+            sys.executable, "-m", "logatron_anyio", "serve", "--port", str(port),
+            "--http-port", "0", "--data-dir", str(data_dir), "--backend", backend, *extra,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None
+        banner = self.process.stdout.readline(), self.process.stdout.readline()
+        ports = [int(re.findall(r":(\d+)", line)[-1]) for line in banner if line]
+        if len(ports) != 2:
+            self.process.kill()
+            raise AssertionError(f"no banner: {banner} {self.process.communicate()}")
+        self.port, self.http_port = ports
+
+    def get(self, path: str) -> Any:
+        with socket.create_connection(("127.0.0.1", self.http_port), timeout=TIMEOUT) as http:
+            http.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := http.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        return json.loads(body)
+
+    def kill(self, how: int) -> str:
+        """Send ``how`` (SIGKILL, SIGTERM) and wait for the end; the server's stderr."""
+        self.process.send_signal(how)
+        _, err = self.process.communicate(timeout=TIMEOUT)
+        return err
+
+
+@contextmanager
+def serving(data_dir: Path, backend: str, *extra: str, port: int = 0) -> Iterator[Serve]:
+    server = Serve(data_dir, backend, *extra, port=port)
+    try:
+        yield server
+    finally:
+        if server.process.poll() is None:
+            server.kill(signal.SIGKILL)
+
+
+def connect(port: int, hello: bytes) -> socket.socket:
+    peer = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    peer.sendall(hello)
+    return peer
+
+
+def expect(peer: socket.socket, reply: bytes) -> None:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = peer.recv(1024)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    assert data == reply
+
+
+def log_of(server: Serve, name: str) -> list[tuple[int, float, str, bool]]:
+    record = server.get(f"/api/clients/{name}")
+    return [(e["seq"], e["timestamp"], e["message"], e["truncated"]) for e in record["log"]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kill_9_right_after_a_pong_loses_nothing_confirmed(tmp_path: Path, backend: str) -> None:
+    lines = b"".join(b"LOG line %d  \n" % i for i in range(1000))
+    with serving(tmp_path, backend, "--max-line-bytes", "20") as first:
+        peer = connect(first.port, b"IAM bob\n" + lines + b"LOG " + b"x" * 40 + b"\n")
+        peer.sendall(b"SET phase build\nPING done\n")
+        expect(peer, b"ERR line-too-long line longer than 20 bytes, kept cut to the limit\n")
+        expect(peer, b"PONG done\n")
+        before = log_of(first, "bob")
+        first.kill(signal.SIGKILL)  # no chance to write anything more
+        peer.close()
+    assert len(before) == 128 and before[-1][2:] == ("x" * 16, True)
+    with serving(tmp_path, backend) as second:
+        record = second.get("/api/clients/bob")
+        assert log_of(second, "bob") == before
+        assert record["state"] == {"phase": "build"}
+        assert (record["lines_received"], record["lines_evicted"]) == (1001, 873)
+        assert record["connected"] is False  # retained from the restart on
+        with connect(second.port, b"IAM bob\nLOG after\nPING\n") as again:
+            expect(again, b"PONG\n")
+        assert log_of(second, "bob")[-1][0] == 1002  # seqs continue above the highest stored
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_graceful_restart_keeps_connected_and_retained_clients(
+    tmp_path: Path, backend: str
+) -> None:
+    with serving(tmp_path, backend) as first:
+        with connect(first.port, b"IAM gone\nLOG bye\nSET k v\nPING\n") as gone:
+            expect(gone, b"PONG\n")
+        stayed = connect(first.port, b"IAM stayed\nLOG hi\n")  # no PING: written on SIGTERM
+        deadline = time.monotonic() + TIMEOUT
+        while first.get("/api/clients/gone")["connected"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gone_record = first.get("/api/clients/gone")
+        first.kill(signal.SIGTERM)
+        stayed.close()
+    restarted_at = time.time()
+    with serving(tmp_path, backend) as second:
+        clients = {c["name"]: c for c in second.get("/api/clients?lines=10")["clients"]}
+        assert set(clients) == {"gone", "stayed"}
+        assert clients["gone"]["disconnected_at"] == gone_record["disconnected_at"]
+        assert clients["gone"]["state"] == {"k": "v"}
+        assert [e["message"] for e in clients["stayed"]["log"]] == ["hi"]
+        assert clients["stayed"]["connected"] is False
+        assert clients["stayed"]["disconnected_at"] >= restarted_at - 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_tail_resumed_across_a_restart_gets_only_newer_entries(
+    tmp_path: Path, backend: str
+) -> None:
+    with serving(tmp_path, backend) as first:
+        with connect(first.port, b"IAM w\nLOG one\nLOG two\nPING\n") as peer:
+            expect(peer, b"PONG\n")
+        cursor = first.get("/api/recent")["last_seq"]
+        first.kill(signal.SIGKILL)
+    with serving(tmp_path, backend) as second:
+        with connect(second.port, b"IAM w\nLOG three\nPING\n") as peer:
+            expect(peer, b"PONG\n")
+
+        async def resume() -> list[str]:
+            consumer = Consumer(f"http://127.0.0.1:{second.http_port}")
+            seen: list[str] = []
+            with anyio.fail_after(TIMEOUT):
+                async with consumer.tail(since=cursor) as events:
+                    async for event in events:
+                        if isinstance(event, Current):
+                            return seen
+                        if isinstance(event, LogEntry):
+                            seen.append(event.message)
+            return seen
+
+        assert anyio.run(resume, backend=backend) == ["three"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_handler_delivers_across_a_server_crash(tmp_path: Path, backend: str) -> None:
+    port = free_port()
+    handler = LogatronHandler("app", "127.0.0.1", port, min_backoff=0.01, max_backoff=0.05)
+    log = logging.getLogger("test_durable.handler")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        with serving(tmp_path, backend, port=port) as first:
+            for i in range(50):
+                log.warning("before %d", i)
+            handler.flush(TIMEOUT)  # every record confirmed by a PONG, so on disk
+            first.kill(signal.SIGKILL)
+        for i in range(50):
+            log.warning("between %d", i)  # queued while the server is down
+        with serving(tmp_path, backend, port=port) as second:
+            handler.flush(TIMEOUT)
+            messages = [entry[2] for entry in log_of(second, "app")]
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    expected = [f"before {i}" for i in range(50)] + [f"between {i}" for i in range(50)]
+    assert messages == expected[-len(messages) :] and len(messages) == 100
+
+
+def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "logatron_anyio", "serve", "--port", "0", "--no-http", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def refused_with(result: subprocess.CompletedProcess[str], words: str) -> None:
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("logatron: data dir")
+    assert words in result.stderr.splitlines()[-1]
+
+
+def test_a_data_dir_in_use_by_another_server_is_refused(tmp_path: Path) -> None:
+    with serving(tmp_path, "asyncio"):
+        refused_with(run_serve("--data-dir", str(tmp_path)), "in use by another logatron")
+
+
+def test_a_data_dir_that_cannot_be_made_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    result = run_serve("--data-dir", str(tmp_path / "file" / "sub"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"logatron: cannot use data dir {tmp_path}")
+
+
+def test_a_data_dir_from_a_newer_format_is_refused(tmp_path: Path) -> None:
+    with serving(tmp_path, "asyncio") as first:
+        first.kill(signal.SIGTERM)
+    with sqlite3.connect(tmp_path / "logatron.sqlite3") as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'format'")
+    refused_with(run_serve("--data-dir", str(tmp_path)), "newer logatron (format 99")
+
+
+def test_a_corrupt_data_dir_is_refused_not_started_empty(tmp_path: Path) -> None:
+    (tmp_path / "logatron.sqlite3").write_bytes(b"this is not a database" * 100)
+    refused_with(run_serve("--data-dir", str(tmp_path)), "unreadable")
+    assert (tmp_path / "logatron.sqlite3").read_bytes() == b"this is not a database" * 100
+
+
+async def get_text(port: int, path: str) -> tuple[int, str]:
+    with anyio.fail_after(TIMEOUT):
+        async with await anyio.connect_tcp("127.0.0.1", port) as http:
+            await http.send(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            try:
+                while True:
+                    data += await http.receive()
+            except anyio.EndOfStream:
+                pass
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+async def get_json(port: int, path: str) -> tuple[int, Any]:
+    status, body = await get_text(port, path)
+    return status, json.loads(body)
+
+
+async def wait_for(predicate: Callable[[], bool], what: str) -> None:
+    """Poll ``predicate`` (bounded by TIMEOUT) until it is true."""
+    for _ in range(int(TIMEOUT / 0.01)):
+        if predicate():
+            return
+        await anyio.sleep(0.01)
+    raise AssertionError(f"not in time: {what}")
+
+
+@pytest.mark.anyio
+async def test_a_full_disk_holds_pongs_and_recovers_by_itself(tmp_path: Path) -> None:
+    durable = DurableStore.open(tmp_path, {}, flush_interval=0.05, max_pages=8)
+    server = LogatronServer(port=0, registry=durable.registry, store_driver=durable)
+    http = HttpServer(durable.registry, port=0, store_health=lambda: durable.health)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(durable.run)
+            await tg.start(server.serve)
+            await tg.start(http.serve)
+            stream = await anyio.connect_tcp("127.0.0.1", server.port)
+            async with stream:
+                await stream.send(b"IAM big\n" + b"LOG " + b"x" * 60_000 + b"\n" + b"PING 1\n")
+                await wait_for(lambda: durable.health.failing, "the write fails")
+                status, health = await get_json(http.port, "/healthz")
+                assert status == 503 and health["store"] == "failing" and "full" in health["error"]
+                with anyio.move_on_after(0.3):
+                    await stream.receive()
+                    raise AssertionError("a PONG for lines that are not on disk")
+                durable.set_max_pages(1_000_000)  # space comes back
+                with anyio.fail_after(TIMEOUT):
+                    assert await stream.receive() == b"PONG 1\n"
+            assert not durable.health.failing and durable.health.failed_flushes >= 1
+            assert await get_json(http.port, "/healthz") == (200, {"status": "ok", "store": "ok"})
+            _, metrics = await get_text(http.port, "/metrics")
+            assert "logatron_store_failed_flushes_total " in metrics
+            assert "logatron_store_failing 0" in metrics
+            tg.cancel_scope.cancel()
+    finally:
+        await durable.flush()
+        durable.close()
+    again = DurableStore.open(tmp_path, {})
+    try:
+        assert again.registry.log("big")[0].message == "x" * 60_000
+    finally:
+        again.close()
