@@ -195,6 +195,33 @@ def test_recent_human_json_and_options() -> None:
     assert [json.loads(line)["seq"] for line in limited.stdout.splitlines()] == [2, 3]
 
 
+def test_recent_n_gives_the_newest_lines() -> None:
+    with servers() as served:
+        talk(served.tcp_port, b"IAM bob\nLOG b1\nLOG b2\nLOG b3\nPING\n")
+        talk(served.tcp_port, b"IAM ann\nLOG a4\nPING\n")
+        results = {
+            args: run("recent", *args, "--url", served.url, "--json")
+            for args in (
+                ("-n", "2"),
+                ("--lines", "2", "bob"),
+                ("-n", "5", "--since", "2"),
+                ("-n", "0"),
+                ("--limit", "2"),  # the oldest, paging forward
+            )
+        }
+    seqs = {}
+    for args, result in results.items():
+        assert (result.returncode, result.stderr) == (0, ""), args
+        seqs[args] = [json.loads(line)["seq"] for line in result.stdout.splitlines()]
+    assert seqs == {
+        ("-n", "2"): [3, 4],
+        ("--lines", "2", "bob"): [2, 3],
+        ("-n", "5", "--since", "2"): [3, 4],
+        ("-n", "0"): [],
+        ("--limit", "2"): [1, 2],
+    }
+
+
 def test_output_never_fails_to_encode() -> None:
     with servers() as served:
         talk(served.tcp_port, "IAM bob\nLOG café ☕\nPING\n".encode())
@@ -336,6 +363,27 @@ def test_tail_json_one_client_since_and_ctrl_c() -> None:
             assert json.loads(out.next())["message"] == "live"
             assert json.loads(out.next())["type"] == "set"
             assert stop(process, signal.SIGINT) == 0
+
+
+def test_tail_starts_with_the_newest_10_lines_as_tail_f_does() -> None:
+    with servers() as served:
+        talk(
+            served.tcp_port, b"IAM bob\n" + b"".join(b"LOG %d\n" % i for i in range(12)) + b"PING\n"
+        )
+        # The newest N of a buffer that grows by one line ("now") each round.
+        for args, count in (((), 10), (("-n", "2"), 2), (("--since", "0"), None), (("-n", "0"), 0)):
+            with tail(*args, "--json", "--url", served.url) as (process, out, _):
+                messages = [json.loads(out.next())]
+                while messages[-1]["type"] != "current":
+                    messages.append(json.loads(out.next()))
+                last = messages[-1]["last_seq"]
+                first = 1 if count is None else last - count + 1
+                assert [message["seq"] for message in messages[:-1]] == list(range(first, last + 1))
+                talk(served.tcp_port, b"IAM live\nLOG now\nPING\n")
+                while (message := json.loads(out.next()))["type"] != "log":
+                    pass
+                assert message["message"] == "now"
+                assert stop(process) == 0
 
 
 def test_tail_reports_evicted_lines_on_stderr() -> None:

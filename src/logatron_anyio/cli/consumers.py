@@ -17,7 +17,7 @@ import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import click
@@ -44,12 +44,24 @@ from .common import (
 )
 from .render import Output, TailPrinter, client_lines, entry_lines, state_lines
 
-__all__ = ["RETRY_SECONDS", "Common", "clients", "consumer_options", "recent", "state", "tail"]
+__all__ = [
+    "DEFAULT_TAIL_LINES",
+    "RETRY_SECONDS",
+    "Common",
+    "clients",
+    "consumer_options",
+    "recent",
+    "state",
+    "tail",
+]
 
 # How often `tail` tries to reconnect, at most, while the server cannot be reached.
 RETRY_SECONDS = 2.0
+# The buffered lines `tail` starts with, as `tail -f` does.
+DEFAULT_TAIL_LINES = 10
 
 _Body = Callable[[Consumer, Output], Awaitable[None]]
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,12 +177,29 @@ def state(common: Common, name: str) -> None:
     _run(common, body, name)
 
 
+def _lines_option(default: str, help: str) -> Callable[[_F], _F]:
+    """``-n N`` / ``--lines N``: the newest N lines, as ``tail -n`` (the parameter ``newest``)."""
+    return click.option(
+        "-n",
+        "--lines",
+        "newest",
+        type=Integer(min=0),
+        metavar="N",
+        show_default=default,
+        help=help,
+    )
+
+
 @click.command(short_help="print the buffered log lines of every client or one")
 @consumer_options
 @click.argument("name", required=False, callback=client_name)
+@_lines_option("every buffered line", "the newest N lines (after SEQ)")
 @click.option("--since", type=Integer(min=0), default=0, metavar="SEQ", help="only lines after SEQ")
 @click.option(
-    "--limit", type=Integer(min=1), metavar="N", help="at most N lines (the oldest after SEQ)"
+    "--limit",
+    type=Integer(min=1),
+    metavar="N",
+    help="the oldest N lines after SEQ (to page forward; not with -n)",
 )
 @click.option(
     "--sort",
@@ -178,12 +207,21 @@ def state(common: Common, name: str) -> None:
     default="seq",
     help="order by seq, or by timestamp then seq",
 )
-def recent(common: Common, name: str | None, since: int, limit: int | None, sort: str) -> None:
+def recent(
+    common: Common,
+    name: str | None,
+    newest: int | None,
+    since: int,
+    limit: int | None,
+    sort: str,
+) -> None:
     """Print the buffered log lines (of every client, or of NAME) as TIME CLIENT #SEQ
     MESSAGE, ordered by seq."""
+    if newest is not None and limit is not None:
+        raise click.UsageError("-n takes the newest lines, --limit the oldest: give one of them")
 
     async def body(consumer: Consumer, output: Output) -> None:
-        entries = await consumer.recent(name, since=since, limit=limit)
+        entries = await consumer.recent(name, since=since, limit=limit, newest=newest)
         if sort == "time":
             entries = sort_entries(entries)
         output.lines(entry_lines(entries, common.json))
@@ -194,17 +232,18 @@ def recent(common: Common, name: str | None, since: int, limit: int | None, sort
 @click.command(short_help="follow the log live")
 @consumer_options
 @click.argument("name", required=False, callback=client_name)
-@click.option(
-    "--since",
-    type=Integer(min=0),
-    metavar="SEQ",
-    show_default="every buffered line",
-    help="only lines after SEQ",
+@_lines_option(
+    f"{DEFAULT_TAIL_LINES}, or every line after --since",
+    "start with the newest N buffered lines (0: live lines only)",
 )
-def tail(common: Common, name: str | None, since: int | None) -> None:
-    """Print the buffered lines (of every client, or of NAME; after --since), then live lines
-    and client events as they happen, until Ctrl-C or SIGTERM. Reconnects by itself; notices
-    of missed lines go to stderr as '-- N lines missed (...) --'."""
+@click.option("--since", type=Integer(min=0), metavar="SEQ", help="only lines after SEQ")
+def tail(common: Common, name: str | None, newest: int | None, since: int | None) -> None:
+    """Print the newest buffered lines (of every client, or of NAME), then live lines and
+    client events as they happen, until Ctrl-C or SIGTERM. Reconnects by itself, resuming
+    after the last line printed; notices go to stderr ('-- live --', '-- N lines missed
+    (...) --', '-- waiting for NAME to connect --')."""
+    if newest is None and since is None:
+        newest = DEFAULT_TAIL_LINES  # as tail -f does
 
     async def body(consumer: Consumer, output: Output) -> None:
         # One request first: an unreachable server or a wrong token ends the command at once,
@@ -232,6 +271,7 @@ def tail(common: Common, name: str | None, since: int | None) -> None:
         events = consumer.tail(
             name,
             since=since,
+            newest=newest,
             on_connect=on_connect,
             on_retry=on_retry,
             max_backoff=RETRY_SECONDS,
