@@ -92,7 +92,7 @@ def test_protocol_round_up() -> None:
     assert events_of(data) == [
         Identify("bob"),
         Log(("hello",)),
-        Log(("two words",)),
+        Log((" two words",)),
         Log(("",)),
         SetState("k", "v w"),
         SetState("k", ""),
@@ -100,6 +100,24 @@ def test_protocol_round_up() -> None:
         Ping(""),
         ConnectionClosed(),
     ]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"LOG x", "x"),
+        (b"LOG     ~~~~^~~~", "    ~~~~^~~~"),  # a traceback's caret line, as printed
+        (b"LOG\t\tindented by a tab", "\tindented by a tab"),
+        (b"LOG  x \t ", " x"),  # trailing whitespace is trimmed
+        (b"LOG    ", ""),
+        (b"LOG", ""),
+        (b" LOG  x", " x"),  # whitespace before the command is skipped
+    ],
+)
+def test_a_log_message_is_everything_after_one_separator(line: bytes, message: str) -> None:
+    for block in (line + b"\n", b"LOG a\n" + line + b"\n"):  # line by line, and in a block
+        events = events_of(b"IAM x\n" + block)
+        assert events[-2] == Log((message,)), block
 
 
 def test_consecutive_log_lines_arrive_as_one_event() -> None:
@@ -115,11 +133,11 @@ def test_consecutive_log_lines_arrive_as_one_event() -> None:
     [
         b"LOG x\n",
         b"IAM\n",
-        b"IAM a b c\n",  # one name and at most one token
+        b"IAM bad!name token\n",
         b"IAM " + b"a" * 129 + b"\n",
         b"IAM bad!\n",
-        b"IAM a " + b"t" * 257 + b"\n",  # a token over MAX_TOKEN_LENGTH
-        b"IAM a s\xc3\xa9cret\n",  # a token is printable ASCII
+        b"IAM a " + b"t" * 1025 + b"\n",  # a token over MAX_TOKEN_LENGTH
+        b"IAM a to\x01ken\n",  # no control characters in a token
         b"\n",
     ],
 )
@@ -134,17 +152,25 @@ def test_first_line_not_a_valid_iam_is_fatal(first_line: bytes) -> None:
     connection.receive_data(b"LOG dropped\n")  # ignored, not an error
 
 
-@pytest.mark.parametrize("line", [b"IAM bob s3cret", b"IAM\tbob \t s3cret \t", b"IAM bob !~#"])
-def test_iam_carries_an_access_token(line: bytes) -> None:
+@pytest.mark.parametrize(
+    ("line", "token"),
+    [
+        (b"IAM bob s3cret", "s3cret"),
+        (b"IAM\tbob \t s3cret \t", "s3cret"),
+        (b"IAM bob !~#", "!~#"),
+        (b"IAM bob two words", "two words"),  # the rest of the line
+        ("IAM bob sécrèt-☕".encode(), "sécrèt-☕"),
+    ],
+)
+def test_iam_carries_an_access_token(line: bytes, token: str) -> None:
     event = events_of(line + b"\n")[0]
-    assert isinstance(event, Identify) and event.name == "bob"
-    assert event.token == line.split()[-1].decode()
-    assert event.token not in repr(event)  # a logged event never shows the token
+    assert isinstance(event, Identify) and event.name == "bob" and event.token == token
+    assert token not in repr(event)  # a logged event never shows the token
 
 
 def test_longest_valid_token_is_accepted() -> None:
-    token = "".join(chr(c) for c in range(0x21, 0x7F)) * 3  # every printable ASCII character
-    assert events_of(f"IAM a {token[:256]}\n".encode())[0] == Identify("a", token[:256])
+    token = "".join(chr(c) for c in range(0x21, 0x7F)) * 11  # every printable ASCII character
+    assert events_of(f"IAM a {token[:1024]}\n".encode())[0] == Identify("a", token[:1024])
 
 
 def test_longest_valid_name_is_accepted() -> None:
@@ -208,7 +234,7 @@ def test_data_after_end_of_input_is_a_runtime_error() -> None:
 
 SAMPLE_LINES = {
     LineKind.IAM: "IAM someone",
-    LineKind.BAD_IAM: "IAM bad name here",
+    LineKind.BAD_IAM: "IAM bad!name",
     LineKind.LOG: "LOG text",
     LineKind.SET: "SET key value",
     LineKind.BAD_SET: "SET",

@@ -191,7 +191,7 @@ def test_iam_log_set_ping_round_trip(servers: Servers) -> None:
 ERROR_CASES = [
     # (id, registry, max_line_bytes, bytes sent, error code, the connection stays open)
     ("bad-iam-first-line", None, MAX_LINE_BYTES, b"LOG hi\n", "bad-iam", False),
-    ("bad-iam-invalid-name", None, MAX_LINE_BYTES, b"IAM not a name\n", "bad-iam", False),
+    ("bad-iam-invalid-name", None, MAX_LINE_BYTES, b"IAM not!a name\n", "bad-iam", False),
     ("unknown-command", None, MAX_LINE_BYTES, b"IAM a\nFOO bar\n", "unknown-command", True),
     ("bad-set", None, MAX_LINE_BYTES, b"IAM a\nSET\n", "bad-set", True),
     (

@@ -110,7 +110,10 @@ class HttpGate:
             scheme, _, credentials = authorization.partition(b" ")
             offered = None
             if scheme.lower() == b"bearer":
-                offered = credentials.strip().decode("latin-1")
+                try:
+                    offered = credentials.strip().decode("utf-8")  # as the consumer sends it
+                except UnicodeDecodeError:
+                    pass  # no token could match
         access = self.authorizer.read_access(offered)
         if access is Access.ALLOWED:
             return

@@ -76,7 +76,7 @@ from ._store import (
     StoreReader,
     Subscriber,
 )
-from ._wire import is_valid_name, is_valid_token
+from ._wire import TOKEN_RULE, is_valid_name, is_valid_token
 
 __all__ = (
     "DEFAULT_BUFFER_SIZE",
@@ -91,6 +91,7 @@ __all__ = (
     "MAX_PENDING_REPLY_BYTES",
     "MAX_TOKEN_LENGTH",
     "NEED_DATA",
+    "TOKEN_RULE",
     "Access",
     "Append",
     "Authorizer",

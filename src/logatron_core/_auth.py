@@ -31,7 +31,7 @@ from enum import Enum
 from fnmatch import fnmatchcase
 from typing import Any
 
-from ._wire import is_valid_token
+from ._wire import TOKEN_RULE, is_valid_token
 
 __all__ = ["Access", "Authorizer", "TokenGrant", "certificate_names"]
 
@@ -39,7 +39,7 @@ _SHA256_HEX_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def _digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode("ascii", "replace")).digest()
+    return hashlib.sha256(secret.encode("utf-8")).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,18 +55,18 @@ class TokenGrant:
     def from_secret(
         cls, secret: str, *, read: bool = False, write: Iterable[str] = ()
     ) -> TokenGrant:
-        """A grant for ``secret``. Raises ValueError for a secret that cannot be sent (1-256
-        printable ASCII characters, no spaces); the message does not show it."""
+        """A grant for ``secret``. Raises ValueError for a secret that cannot be sent (see
+        ``TOKEN_RULE``); the message does not show it."""
         if not is_valid_token(secret):
-            raise ValueError("a token is 1-256 printable ASCII characters without spaces")
+            raise ValueError(TOKEN_RULE)
         return cls(_digest(secret), read, tuple(write))
 
     @classmethod
     def from_sha256(
         cls, hexdigest: str, *, read: bool = False, write: Iterable[str] = ()
     ) -> TokenGrant:
-        """A grant for the secret whose SHA-256 is ``hexdigest`` (64 hex digits, as
-        ``sha256sum`` prints it). Raises ValueError otherwise."""
+        """A grant for the secret whose SHA-256 (of its UTF-8) is ``hexdigest`` (64 hex digits,
+        as ``sha256sum`` prints it). Raises ValueError otherwise."""
         if not _SHA256_HEX_RE.fullmatch(hexdigest):
             raise ValueError("secret_sha256 must be 64 hexadecimal digits")
         return cls(bytes.fromhex(hexdigest), read, tuple(write))

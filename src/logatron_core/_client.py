@@ -30,7 +30,15 @@ from ._events import (
 )
 from ._framing import LineBuffer, Piece
 from ._limits import MAX_KEPT_ERRORS
-from ._wire import encode_line, is_valid_name, is_valid_token, single_line, split_command
+from ._wire import (
+    TOKEN_RULE,
+    TRIM,
+    encode_line,
+    is_valid_name,
+    is_valid_token,
+    single_line,
+    split_command,
+)
 
 __all__ = ["ClientConnection", "ClientState", "split_message"]
 
@@ -134,7 +142,7 @@ class ClientConnection:
                 raise LocalProtocolError(f"invalid client name: {event.name!r}")
             if event.token and not is_valid_token(event.token):
                 # The token itself is never put in an error message.
-                raise LocalProtocolError("invalid token: 1-256 printable ASCII, no spaces")
+                raise LocalProtocolError("invalid token: " + TOKEN_RULE)
             self.state = ClientState.IDENTIFIED
             return encode_line("IAM", f"{event.name} {event.token}".rstrip(" "))
         if self.state is not ClientState.IDENTIFIED:
@@ -178,13 +186,14 @@ class ClientConnection:
 
 
 def _parse_reply(line: str) -> Pong | ErrorReply:
-    command, argument = split_command(line)
+    command, rest = split_command(line)
+    argument = rest.lstrip(TRIM)
     if command == "PONG":
         return Pong(argument)
     if command == "ERR":
         code, text = split_command(argument)
         try:
-            return ErrorReply(ErrorCode(code), text)
+            return ErrorReply(ErrorCode(code), text.lstrip(TRIM))
         except ValueError:
             pass
     raise RemoteProtocolError(None, f"unexpected reply from the server: {line[:80]!r}")

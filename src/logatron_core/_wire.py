@@ -1,13 +1,16 @@
 """The line grammar: names, command splitting and the encoding of every line.
 
-    line     = command [ sep argument ] [ sep ]
+    line     = [ sep ] command [ ( " " / "\\t" ) rest ]
     sep      = 1*( " " / "\\t" )
     IAM name [secret] | LOG [message] | SET key [value] | PING [token]   (client -> server)
     PONG [token] | ERR code text                                        (server -> client)
     name, key = 1*128( ALPHA / DIGIT / "_" / "-" / "." / ":" / "@" )
-    secret    = 1*256( %x21-7E )          ; an access token: printable ASCII, no space
+    secret    = 1*1024( any character but a control one ), not starting or ending in a space or
+                tab (an access token: the rest of the line after the name; spaces inside are kept)
 
-Arguments are the rest of the line with spaces and tabs trimmed at both ends.
+Trailing spaces and tabs are trimmed from every line. A ``LOG`` message is the rest of the line
+after the one space or tab that follows ``LOG``: its leading whitespace is kept (a traceback's
+indentation survives). Every other argument is trimmed at both ends.
 """
 
 import re
@@ -17,6 +20,7 @@ from ._limits import MAX_NAME_LENGTH, MAX_TOKEN_LENGTH
 
 __all__ = [
     "NAME_RE",
+    "TOKEN_RULE",
     "TRIM",
     "encode_error",
     "encode_pong",
@@ -27,14 +31,23 @@ __all__ = [
 
 TRIM = " \t"
 NAME_RE = re.compile(rf"[A-Za-z0-9_.:@-]{{1,{MAX_NAME_LENGTH}}}")
-TOKEN_RE = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOKEN_LENGTH}}}")
-# Command, then the argument after any spaces or tabs (the caller trims the line's end first).
-_COMMAND_RE = re.compile(r"([^ \t]*)[ \t]*(.*)", re.DOTALL)
+# No C0 or C1 control character; not empty; no space or tab at either end.
+TOKEN_RE = re.compile(
+    rf"(?![ \t])[^\x00-\x1f\x7f-\x9f]{{1,{MAX_TOKEN_LENGTH}}}(?<![ \t])", re.DOTALL
+)
+# Command, then the rest after the one space or tab that follows it (the line is trimmed first).
+_COMMAND_RE = re.compile(r"([^ \t]*)[ \t]?(.*)", re.DOTALL)
 
 
 def is_valid_name(name: str) -> bool:
     """True if ``name`` is a valid client name or state key."""
     return NAME_RE.fullmatch(name) is not None
+
+
+TOKEN_RULE = (
+    f"a token is 1-{MAX_TOKEN_LENGTH} characters, no control characters, "
+    "no space or tab at either end"
+)
 
 
 def is_valid_token(token: str) -> bool:
@@ -43,7 +56,9 @@ def is_valid_token(token: str) -> bool:
 
 
 def split_command(line: str) -> tuple[str, str]:
-    """Split a decoded line (no newline) into its command and its trimmed argument."""
+    """Split a decoded line (no newline) into its command and the rest: what follows the one
+    space or tab after the command, with trailing spaces and tabs trimmed and leading ones kept
+    (a ``LOG`` message as it is; ``.lstrip(TRIM)`` gives any other argument)."""
     match = _COMMAND_RE.match(line.strip(TRIM))
     assert match is not None  # the pattern matches any string
     return match[1], match[2]

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from logatron_core import LocalProtocolError, is_valid_name, is_valid_token
+from logatron_core import TOKEN_RULE, LocalProtocolError, is_valid_name, is_valid_token
 
 from ._client import LogatronClient
 from ._tls import client_context
@@ -93,7 +93,7 @@ class LogatronHandler(logging.Handler):
         if not is_valid_name(name):
             raise LocalProtocolError(f"invalid client name: {name!r}")
         if token and not is_valid_token(token):
-            raise LocalProtocolError("invalid token: 1-256 printable ASCII, no spaces")
+            raise LocalProtocolError("invalid token: " + TOKEN_RULE)
         if ssl_context is None and (tls or tls_ca or tls_cert):
             ssl_context = client_context(tls_ca, cert=tls_cert, key=tls_key)
         if queue_size < 1:

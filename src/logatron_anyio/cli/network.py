@@ -31,10 +31,13 @@ def server_access(
     AccessError."""
     tcp_tls = http_tls = None
     try:
+        authorizer = Authorizer.single_token(token) if token else Authorizer()
+    except ValueError as error:
+        raise AccessError(f"cannot use --token: {error}") from None
+    try:
         if tls_cert is not None:
             tcp_tls = server_context(tls_cert, tls_key, client_ca=tls_client_ca)
             http_tls = server_context(tls_cert, tls_key)
-        authorizer = Authorizer.single_token(token) if token else Authorizer()
         if auth_file is not None:
             authorizer = authorizer + load_auth_file(auth_file)
     except (OSError, ValueError) as error:  # ssl.SSLError, AuthFileError

@@ -2,10 +2,12 @@
 
 The options become one ``ServeConfig``; ``build_servers`` is the one place that constructs the
 registry and the servers from it; ``run`` serves a config and returns the exit status. Startup
-prints one line per listening server on stdout, once both listen; a port that cannot be bound,
-or a TLS or auth file that cannot be used, is one line on stderr and exit status 1. The
-server's own log goes to stderr, as text or JSON lines; on an address that is not loopback, it
-warns (one line) when TLS or tokens are missing.
+prints one line per listening server on stdout, once both listen (the HTTP one as a URL a
+browser can open); a port that cannot be bound, or a TLS or auth file that cannot be used, is
+one line on stderr and exit status 1. The server's own log goes to stderr: as text, what
+happens after the startup lines (which say what its startup records would); as JSON lines,
+every record. On an address that is not loopback, it warns (one line) when TLS or tokens are
+missing.
 """
 
 from __future__ import annotations
@@ -49,13 +51,23 @@ from .common import (
     host_option,
     only,
     port_option,
+    reason,
     say_error,
     token_option,
     until_signal,
 )
 from .network import AccessError, server_access, warn_if_exposed
 
-__all__ = ["Fsync", "LogFormat", "ServeConfig", "Servers", "build_servers", "run", "serve"]
+__all__ = [
+    "Fsync",
+    "LogFormat",
+    "ServeConfig",
+    "Servers",
+    "build_servers",
+    "http_url",
+    "run",
+    "serve",
+]
 
 LogFormat = Literal["text", "json"]
 Fsync = Literal["normal", "always"]
@@ -218,10 +230,16 @@ def _configure_log(log_format: str, stream: TextIO) -> logging.Handler:
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s logatron %(levelname)s %(message)s"))
+        handler.addFilter(_after_startup)
     log = logging.getLogger("logatron")
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     return handler
+
+
+def _after_startup(record: logging.LogRecord) -> bool:
+    """The text log's filter: the startup lines on stdout say what these records would."""
+    return getattr(record, "event", None) not in ("starting", "listening")
 
 
 def _stopping(signum: int) -> None:
@@ -234,6 +252,18 @@ def _stopping(signum: int) -> None:
 def _format_address(address: tuple[str, int]) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# Addresses that mean "every interface": a browser opens the loopback one instead.
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+
+
+def http_url(address: tuple[str, int], *, tls: bool = False) -> str:
+    """The URL of the HTTP server listening on ``address`` (over TLS: ``https``), one a
+    browser can open."""
+    host, port = address
+    scheme = "https" if tls else "http"
+    return f"{scheme}://{_format_address((_WILDCARDS.get(host, host), port))}/"
 
 
 class _CannotListen(Exception):
@@ -253,7 +283,8 @@ async def _listen(
         error = only(raised, OSError)
         if error is None:
             raise
-        raise _CannotListen(f"cannot listen {what}on {_format_address(address)}: {error}") from None
+        where = _format_address(address)
+        raise _CannotListen(f"cannot listen {what}on {where}: {reason(error)}") from None
     return bound
 
 
@@ -283,11 +314,8 @@ async def _serve_ports(tcp: LogatronServer, http: HttpServer | None) -> None:
         tls = " TLS" if tcp.ssl_context is not None else ""
         print(f"logatron: listening for{tls} clients on {_format_address(address)}", flush=True)
         if http is not None and http_address is not None:
-            scheme = "http" if http.ssl_context is None else "https"
-            print(
-                f"logatron: HTTP and status page on {scheme}://{_format_address(http_address)}/",
-                flush=True,
-            )
+            url = http_url(http_address, tls=http.ssl_context is not None)
+            print(f"logatron: HTTP and status page on {url}", flush=True)
 
 
 def _setting(flag: str, envvar: str, **attrs: Any) -> Callable[[_F], _F]:
