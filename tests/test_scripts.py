@@ -121,6 +121,7 @@ def test_the_test_command_never_uses_the_systems_python(tmp_path: Path, in_venv:
         chromium=RECORDER,
         redis_server=RECORDER,
         **{"nc.openbsd": RECORDER},
+        openssl=RECORDER,
         python3=PYTHON,
         python=PYTHON,
         id="#!/bin/sh\necho 1000\n",
