@@ -310,7 +310,12 @@ def test_the_handler_from_dictconfig_and_a_refused_token(sync_server: SyncServer
             "disable_existing_loggers": False,
             "handlers": {
                 "good": {**handler_config, "token": "w-secret"},
-                "bad": {**handler_config, "name": "worker-4", "token": "r-secret"},
+                "bad": {
+                    **handler_config,
+                    "name": "worker-4",
+                    "token": "r-secret",
+                    "close_timeout": 0.1,  # its record is never confirmed: do not wait long
+                },
             },
             "loggers": {"test_tls.dict": {"handlers": ["good", "bad"], "propagate": False}},
         }
