@@ -58,6 +58,7 @@ from ._limits import (
     MAX_NAME_LENGTH,
     MAX_PENDING_REPLY_BYTES,
 )
+from ._lines import Lines
 from ._memory import MemoryStore
 from ._registry import Registry
 from ._session import Session
@@ -102,6 +103,7 @@ __all__ = (
     "Identify",
     "Journal",
     "LineBuffer",
+    "Lines",
     "LocalProtocolError",
     "Log",
     "LogEntry",

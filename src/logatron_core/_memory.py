@@ -1,26 +1,42 @@
 """The in-memory store: every client's ring of recent lines, its state and its counters.
 
-Strategy: a client's log is a ring of *runs*: each run is the tuple of messages that arrived
-together, with its first seq and its timestamp (the seqs of a run are consecutive). Storing a
-run of a thousand lines is one ``deque.append``; eviction drops whole runs from the left and
-skips into the oldest one, so the per-line cost of storing is nil. A run longer than the buffer
-is sliced to its newest ``buffer_size`` messages first, so memory stays below twice the buffer.
-Results are built from the runs on demand and are always copies (runs themselves are immutable
-tuples and are shared). Retained clients are kept in disconnection order, so expiry looks only
-at the oldest.
+Strategy: a client's log is a ring of *runs*: each run is the lines that arrived together, with
+its first seq and its timestamp (the seqs of a run are consecutive). A run is kept as the bytes
+of its lines (a :class:`Lines`'s encoding: the wire's ``LOG`` lines as they arrived, or the
+messages encoded), all of a client's runs one after the other in one ``bytearray``, and its
+numbers in two arrays (first seq, line count, flags and byte length; timestamp): a line costs its
+bytes plus a few bytes per run, and no object. Storing a run is a copy of its bytes; eviction
+drops whole runs from the left (``del data[:n]`` only moves the bytearray's start) and skips into
+the oldest one, so the per-line cost of storing is nil. A run longer than the buffer is cut to its
+newest ``buffer_size`` lines first (on the bytes), so memory stays below twice the buffer.
+Results are built from the runs on demand and are always copies: each run read is a new
+:class:`Lines` over a copy of its bytes, parsed only if the reader looks at its messages.
+Retained clients are kept in disconnection order, so expiry looks only at the oldest.
 """
 
-from collections import deque
+from array import array
 from collections.abc import Iterator
 from itertools import islice
 
+from ._connection import log_messages
 from ._errors import NameTaken, NoSuchClient, TooManyClients, TooManyKeys
 from ._events import LogEntry, Logged
+from ._lines import Lines, Parse, parse_quoted, parse_text
 from ._store import ClientInfo, Snapshot, StoredClient, StoredRun
 
 __all__ = ["MemoryStore"]
 
-_Run = tuple[int, float, tuple[str, ...], bool]  # first seq, timestamp, messages, truncated
+# The forms a run's bytes may have, by the number kept in its flags.
+_FORMS: tuple[Parse, ...] = (log_messages, parse_text, parse_quoted)
+_FORM_MASK, _TRUNCATED, _COUNT_SHIFT = 0b11, 0b100, 3
+# A run's numbers in _Record.runs: first seq, (lines << 3 | truncated << 2 | form), bytes.
+_FIELDS = 3
+
+
+def _bytes(data: bytearray, start: int, end: int) -> bytes:
+    """A copy of ``data[start:end]`` as bytes (one copy, and no view left on ``data``)."""
+    with memoryview(data) as view:
+        return view[start:end].tobytes()
 
 
 class _Record:
@@ -30,6 +46,7 @@ class _Record:
         "buffered",
         "connected",
         "connected_at",
+        "data",
         "disconnected_at",
         "errors",
         "evicted_through",
@@ -39,13 +56,16 @@ class _Record:
         "name",
         "runs",
         "state",
+        "times",
     )
 
     def __init__(self, name: str, now: float) -> None:
         self.name = name
-        self.runs: deque[_Run] = deque()
-        self.head_skip = 0  # messages of runs[0] already evicted
-        self.buffered = 0  # messages in the log
+        self.data = bytearray()  # the bytes of the runs, oldest first
+        self.runs = array("q")  # _FIELDS numbers per run
+        self.times = array("d")  # the timestamp of each run
+        self.head_skip = 0  # lines of the oldest run already evicted
+        self.buffered = 0  # lines in the log
         self.state: dict[str, str] = {}
         self.connected = True
         self.connected_at = now
@@ -55,34 +75,45 @@ class _Record:
         self.evicted_through = 0  # seq of the newest evicted line, 0 if none
         self.errors = 0
 
-    def store(self, run: _Run, buffer_size: int) -> int:
+    def add(self, first: int, timestamp: float, lines: Lines, truncated: bool) -> None:
+        """Append a run as it is (no eviction)."""
+        data, parse = lines.encoded()
+        flags = _FORMS.index(parse) | (_TRUNCATED if truncated else 0)
+        self.data += data
+        self.runs.extend((first, len(lines) << _COUNT_SHIFT | flags, len(data)))
+        self.times.append(timestamp)
+        self.buffered += len(lines)
+
+    def store(
+        self, first: int, timestamp: float, lines: Lines, truncated: bool, buffer_size: int
+    ) -> int:
         """Append a run, evicting the oldest lines past ``buffer_size``; returns how many."""
-        first, timestamp, messages, truncated = run
-        count = len(messages)
+        count = len(lines)
+        runs = self.runs
         if count >= buffer_size:
             evicted = self.buffered + count - buffer_size
             keep = count - buffer_size
             if keep:
                 self.evicted_through = first + keep - 1
-            elif self.runs:
-                last_first, _, last_messages, _ = self.runs[-1]
-                self.evicted_through = last_first + len(last_messages) - 1
-            self.runs.clear()
-            self.runs.append((first + keep, timestamp, messages[keep:], truncated))
-            self.head_skip, self.buffered = 0, buffer_size
+            elif runs:
+                self.evicted_through = runs[-3] + (runs[-2] >> _COUNT_SHIFT) - 1
+            self.data.clear()
+            del runs[:], self.times[:]
+            self.head_skip = self.buffered = 0
+            self.add(first + keep, timestamp, lines.tail(buffer_size), truncated)
             return evicted
-        self.runs.append(run)
-        self.buffered += count
+        self.add(first, timestamp, lines, truncated)
         evicted = overflow = self.buffered - buffer_size
         while overflow > 0:
-            head_first, _, head_messages, _ = self.runs[0]
-            available = len(head_messages) - self.head_skip
+            head_first, head_count = runs[0], runs[1] >> _COUNT_SHIFT
+            available = head_count - self.head_skip
             if available > overflow:
                 self.head_skip += overflow
                 self.evicted_through = head_first + self.head_skip - 1
                 break
-            self.runs.popleft()
-            self.evicted_through = head_first + len(head_messages) - 1
+            del self.data[: runs[2]]
+            del runs[:_FIELDS], self.times[:1]
+            self.evicted_through = head_first + head_count - 1
             self.head_skip = 0
             overflow -= available
         if evicted <= 0:
@@ -90,36 +121,54 @@ class _Record:
         self.buffered = buffer_size
         return evicted
 
+    def spans(self) -> Iterator[tuple[int, int, int]]:
+        """(index, first seq, line count) of each run, oldest first."""
+        runs = self.runs
+        for index in range(len(runs) // _FIELDS):
+            yield index, runs[index * _FIELDS], runs[index * _FIELDS + 1] >> _COUNT_SHIFT
+
     def count_since(self, since: int) -> int:
         """How many buffered lines have ``seq > since``."""
         count, skip = 0, self.head_skip
-        for first, _, messages, _ in self.runs:
-            count += max(0, len(messages) - max(skip, since - first + 1))
+        for _, first, lines in self.spans():
+            count += max(0, lines - max(skip, since - first + 1))
             skip = 0
         return count
 
     def backlog(self, since: int = 0) -> Iterator[Logged]:
         """The buffered runs, cut to the lines with ``seq > since``, oldest first."""
-        name, skip = self.name, self.head_skip
-        for first, timestamp, messages, truncated in self.runs:
+        name, skip, runs, data = self.name, self.head_skip, self.runs, self.data
+        end = 0
+        for index, first, count in list(self.spans()):
+            flags = runs[index * _FIELDS + 1]
+            begin, end = end, end + runs[index * _FIELDS + 2]
             start = max(skip, since - first + 1)
             skip = 0
-            if start < len(messages):
-                kept = messages[start:] if start > 0 else messages
-                yield Logged(name, first + start, timestamp, kept, truncated)
+            if start < count:
+                kept = Lines.from_bytes(_bytes(data, begin, end), count, _FORMS[flags & _FORM_MASK])
+                yield Logged(
+                    name,
+                    first + start,
+                    self.times[index],
+                    kept.tail(count - start),
+                    bool(flags & _TRUNCATED),
+                )
 
     def newest(self, count: int) -> list[Logged]:
         """The newest ``count`` buffered lines as runs, oldest first (no work for the others)."""
         if count <= 0:
             return []
         remaining = count
-        for index in range(len(self.runs) - 1, -1, -1):
-            first, _, messages, _ = self.runs[index]
-            available = len(messages) - (self.head_skip if index == 0 else 0)
+        for index, first, lines in reversed(list(self.spans())):
+            available = lines - (self.head_skip if index == 0 else 0)
             if available >= remaining:
-                return list(self.backlog(first + len(messages) - remaining - 1))
+                return list(self.backlog(first + lines - remaining - 1))
             remaining -= available
         return list(self.backlog())
+
+    def oldest_seq(self) -> int | None:
+        """The seq of the oldest buffered line (None if none is)."""
+        return self.runs[0] + self.head_skip if self.runs else None
 
     def missed_since(self, since: int) -> int:
         """An upper bound of this client's lines with ``seq > since`` that were evicted (the
@@ -172,7 +221,7 @@ class MemoryStore:
     def append(
         self,
         name: str,
-        messages: tuple[str, ...],
+        messages: Lines,
         now: float,
         truncated: bool,
         buffer_size: int,
@@ -181,7 +230,7 @@ class MemoryStore:
         first = self._last_seq + 1
         count = len(messages)
         self._last_seq += count
-        evicted = record.store((first, now, messages, truncated), buffer_size)
+        evicted = record.store(first, now, messages, truncated, buffer_size)
         record.lines_received += count
         if evicted:
             record.lines_evicted += evicted
@@ -275,7 +324,9 @@ class MemoryStore:
     def stored_client(self, name: str) -> StoredClient:
         """``name``'s record as a journal stores it. Raises NoSuchClient."""
         record = self._get(name)
-        oldest = record.runs[0][0] + record.head_skip if record.runs else self._last_seq + 1
+        oldest = record.oldest_seq()
+        if oldest is None:
+            oldest = self._last_seq + 1
         return StoredClient(
             name,
             record.connected,
@@ -302,10 +353,10 @@ class MemoryStore:
         record.errors = client.errors
         for run in runs:
             if run.last_seq >= client.oldest_seq:
-                record.runs.append((run.first_seq, run.timestamp, run.messages, run.truncated))
-                record.buffered += len(run.messages)
-        if record.runs:
-            record.head_skip = max(0, client.oldest_seq - record.runs[0][0])
+                record.add(run.first_seq, run.timestamp, Lines(run.messages), run.truncated)
+        oldest = record.oldest_seq()
+        if oldest is not None:
+            record.head_skip = max(0, client.oldest_seq - oldest)
             record.buffered -= record.head_skip
         self._records[client.name] = record
         self._retained[client.name] = None
