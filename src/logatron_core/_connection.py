@@ -162,8 +162,10 @@ class ServerConnection:
 
     def __init__(self, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self._framer = LineBuffer(max_line_bytes)
-        self._pieces: deque[Piece] = deque()
-        self._events: deque[ServerEvent] = deque()
+        # Pieces fed and not parsed yet (None when there are none: no deque is kept while a
+        # connection waits), and the events of the piece parsed last, the next one last.
+        self._pieces: deque[Piece] | None = None
+        self._events: list[ServerEvent] = []
         self._input_ended = False
         self._error: RemoteProtocolError | None = None
         self.state = ConnectionState.AWAIT_IAM
@@ -183,10 +185,16 @@ class ServerConnection:
         if self.state is ConnectionState.FAILED:
             return
         if data:
-            self._pieces.extend(self._framer.feed(data))
+            pieces = self._framer.feed(data)
         else:
             self._input_ended = True
-            self._pieces.extend(self._framer.close())
+            pieces = self._framer.close()
+        if not pieces:
+            return
+        if self._pieces is None:
+            self._pieces = deque(pieces)
+        else:
+            self._pieces.extend(pieces)
 
     def next_event(self) -> ServerEvent | NeedData:
         """The next event, ``NEED_DATA``, or ``ConnectionClosed`` (repeated) after end of input.
@@ -198,13 +206,18 @@ class ServerConnection:
         while not self._events:
             if self._error is not None:
                 raise self._error
-            if not self._pieces:
+            pieces = self._pieces
+            if pieces is None:
                 if self._input_ended:
                     self.state = ConnectionState.CLOSED
                     return ConnectionClosed()
                 return NEED_DATA
-            self._parse(*self._pieces.popleft())
-        return self._events.popleft()
+            piece = pieces.popleft()
+            if not pieces:
+                self._pieces = None
+            self._parse(*piece)
+            self._events.reverse()
+        return self._events.pop()
 
     def send(self, reply: Pong | ErrorReply) -> bytes:
         """Encode a reply to the peer. Raises LocalProtocolError for a token with a line break."""
@@ -273,7 +286,7 @@ class ServerConnection:
             elif outcome is Outcome.FAIL:
                 detail = "the first line must be IAM <name>"
                 self._error = RemoteProtocolError(ErrorCode.BAD_IAM, detail)
-                self._pieces.clear()
+                self._pieces = None
                 return
         if run:
             self._events.append(Log(tuple(run), truncated))

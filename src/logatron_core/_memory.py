@@ -5,13 +5,15 @@ its first seq and its timestamp (the seqs of a run are consecutive). A run is ke
 of its lines (a :class:`Lines`'s encoding: the wire's ``LOG`` lines as they arrived, or the
 messages encoded), all of a client's runs one after the other in one ``bytearray``, and its
 numbers in two arrays (first seq, line count, flags and byte length; timestamp): a line costs its
-bytes plus a few bytes per run, and no object. Storing a run is a copy of its bytes; eviction
-drops whole runs from the left (``del data[:n]`` only moves the bytearray's start) and skips into
-the oldest one, so the per-line cost of storing is nil. A run longer than the buffer is cut to its
-newest ``buffer_size`` lines first (on the bytes), so memory stays below twice the buffer.
-Results are built from the runs on demand and are always copies: each run read is a new
-:class:`Lines` over a copy of its bytes, parsed only if the reader looks at its messages.
-Retained clients are kept in disconnection order, so expiry looks only at the oldest.
+bytes plus a few bytes per run, and no object. A client gets these at its first line, and its
+state dictionary at its first key: an idle client costs its record only. Storing a run is a copy
+of its bytes; eviction drops whole runs from the left (``del data[:n]`` only moves the
+bytearray's start) and skips into the oldest one, so the per-line cost of storing is nil. A run
+longer than the buffer is cut to its newest ``buffer_size`` lines first (on the bytes), so
+memory stays below twice the buffer. Results are built from the runs on demand and are always
+copies: each run read is a new :class:`Lines` over a copy of its bytes, parsed only if the
+reader looks at its messages. Retained clients are kept in disconnection order, so expiry looks
+only at the oldest.
 """
 
 from array import array
@@ -39,6 +41,18 @@ def _bytes(data: bytearray, start: int, end: int) -> bytes:
         return view[start:end].tobytes()
 
 
+class _Ring:
+    """The bytes and numbers of a client's runs, oldest first; made for its first line, so a
+    client that logged nothing has none."""
+
+    __slots__ = ("data", "runs", "times")
+
+    def __init__(self) -> None:
+        self.data = bytearray()  # the bytes of the runs, one after the other
+        self.runs = array("q")  # _FIELDS numbers per run
+        self.times = array("d")  # the timestamp of each run
+
+
 class _Record:
     """One client's record and ring of runs."""
 
@@ -46,7 +60,6 @@ class _Record:
         "buffered",
         "connected",
         "connected_at",
-        "data",
         "disconnected_at",
         "errors",
         "evicted_through",
@@ -54,19 +67,16 @@ class _Record:
         "lines_evicted",
         "lines_received",
         "name",
-        "runs",
+        "ring",
         "state",
-        "times",
     )
 
     def __init__(self, name: str, now: float) -> None:
         self.name = name
-        self.data = bytearray()  # the bytes of the runs, oldest first
-        self.runs = array("q")  # _FIELDS numbers per run
-        self.times = array("d")  # the timestamp of each run
+        self.ring: _Ring | None = None
         self.head_skip = 0  # lines of the oldest run already evicted
         self.buffered = 0  # lines in the log
-        self.state: dict[str, str] = {}
+        self.state: dict[str, str] | None = None  # made for the first key
         self.connected = True
         self.connected_at = now
         self.disconnected_at: float | None = None
@@ -77,11 +87,14 @@ class _Record:
 
     def add(self, first: int, timestamp: float, lines: Lines, truncated: bool) -> None:
         """Append a run as it is (no eviction)."""
+        ring = self.ring
+        if ring is None:
+            ring = self.ring = _Ring()
         data, parse = lines.encoded()
         flags = _FORMS.index(parse) | (_TRUNCATED if truncated else 0)
-        self.data += data
-        self.runs.extend((first, len(lines) << _COUNT_SHIFT | flags, len(data)))
-        self.times.append(timestamp)
+        ring.data += data
+        ring.runs.extend((first, len(lines) << _COUNT_SHIFT | flags, len(data)))
+        ring.times.append(timestamp)
         self.buffered += len(lines)
 
     def store(
@@ -89,20 +102,22 @@ class _Record:
     ) -> int:
         """Append a run, evicting the oldest lines past ``buffer_size``; returns how many."""
         count = len(lines)
-        runs = self.runs
         if count >= buffer_size:
             evicted = self.buffered + count - buffer_size
             keep = count - buffer_size
             if keep:
                 self.evicted_through = first + keep - 1
-            elif runs:
+            elif self.ring is not None:
+                runs = self.ring.runs
                 self.evicted_through = runs[-3] + (runs[-2] >> _COUNT_SHIFT) - 1
-            self.data.clear()
-            del runs[:], self.times[:]
+            self.ring = None
             self.head_skip = self.buffered = 0
             self.add(first + keep, timestamp, lines.tail(buffer_size), truncated)
             return evicted
         self.add(first, timestamp, lines, truncated)
+        ring = self.ring
+        assert ring is not None
+        runs = ring.runs
         evicted = overflow = self.buffered - buffer_size
         while overflow > 0:
             head_first, head_count = runs[0], runs[1] >> _COUNT_SHIFT
@@ -111,8 +126,8 @@ class _Record:
                 self.head_skip += overflow
                 self.evicted_through = head_first + self.head_skip - 1
                 break
-            del self.data[: runs[2]]
-            del runs[:_FIELDS], self.times[:1]
+            del ring.data[: runs[2]]
+            del runs[:_FIELDS], ring.times[:1]
             self.evicted_through = head_first + head_count - 1
             self.head_skip = 0
             overflow -= available
@@ -123,7 +138,9 @@ class _Record:
 
     def spans(self) -> Iterator[tuple[int, int, int]]:
         """(index, first seq, line count) of each run, oldest first."""
-        runs = self.runs
+        if self.ring is None:
+            return
+        runs = self.ring.runs
         for index in range(len(runs) // _FIELDS):
             yield index, runs[index * _FIELDS], runs[index * _FIELDS + 1] >> _COUNT_SHIFT
 
@@ -137,7 +154,10 @@ class _Record:
 
     def backlog(self, since: int = 0) -> Iterator[Logged]:
         """The buffered runs, cut to the lines with ``seq > since``, oldest first."""
-        name, skip, runs, data = self.name, self.head_skip, self.runs, self.data
+        ring = self.ring
+        if ring is None:
+            return
+        name, skip, runs, data = self.name, self.head_skip, ring.runs, ring.data
         end = 0
         for index, first, count in list(self.spans()):
             flags = runs[index * _FIELDS + 1]
@@ -149,7 +169,7 @@ class _Record:
                 yield Logged(
                     name,
                     first + start,
-                    self.times[index],
+                    ring.times[index],
                     kept.tail(count - start),
                     bool(flags & _TRUNCATED),
                 )
@@ -168,7 +188,7 @@ class _Record:
 
     def oldest_seq(self) -> int | None:
         """The seq of the oldest buffered line (None if none is)."""
-        return self.runs[0] + self.head_skip if self.runs else None
+        return None if self.ring is None else self.ring.runs[0] + self.head_skip
 
     def missed_since(self, since: int) -> int:
         """An upper bound of this client's lines with ``seq > since`` that were evicted (the
@@ -183,7 +203,7 @@ class _Record:
             self.connected,
             self.connected_at,
             self.disconnected_at,
-            dict(self.state),
+            dict(self.state or {}),
             [entry for run in runs for entry in run.entries()],
             self.lines_received,
             self.lines_evicted,
@@ -237,7 +257,10 @@ class MemoryStore:
         return first, evicted
 
     def set_state(self, name: str, key: str, value: str, max_keys: int) -> None:
-        state = self._get(name).state
+        record = self._get(name)
+        state = record.state
+        if state is None:
+            state = record.state = {}
         if key not in state and len(state) >= max_keys:
             raise TooManyKeys(f"{name} holds its limit of {max_keys} keys")
         state[key] = value
@@ -300,7 +323,7 @@ class MemoryStore:
         return self._get(name).newest(count)
 
     def state(self, name: str) -> dict[str, str]:
-        return dict(self._get(name).state)
+        return dict(self._get(name).state or {})
 
     def recent(
         self, since: int = 0, client: str | None = None, limit: int | None = None
@@ -332,7 +355,7 @@ class MemoryStore:
             record.connected,
             record.connected_at,
             record.disconnected_at,
-            dict(record.state),
+            dict(record.state or {}),
             record.lines_received,
             record.lines_evicted,
             record.evicted_through,
@@ -346,7 +369,7 @@ class MemoryStore:
         record = _Record(client.name, client.connected_at)
         record.connected = False
         record.disconnected_at = now if client.connected else client.disconnected_at
-        record.state = dict(client.state)
+        record.state = dict(client.state) if client.state else None
         record.lines_received = client.lines_received
         record.lines_evicted = client.lines_evicted
         record.evicted_through = client.evicted_through
