@@ -1,16 +1,15 @@
 """Memory per client: the RSS a server grows by when N clients connect and stay connected.
 
 Each server runs in its own process: Logatron on asyncio, on trio, the sync server, and in the
-same run, as the floor, a bare anyio server on each backend that only reads (and answers
-``PONG`` once a ``PING`` line arrives, so the load knows it has read everything). A fresh
-server per measure; its RSS (``/proc/<pid>/status``, Linux) is read once a first client has
-been served and has left (what the first connection loads is not counted), then N clients
-connect, each sending ``IAM``, L 64-byte ``LOG`` lines and ``PING`` in one write, in batches of
-``BATCH`` whose ``PONG``s are awaited before the next batch connects; all stay connected while
-the RSS is read again. Bytes per client = RSS growth / N, for idle connections (L = 0) and full
-ones (L lines).
-This process holds every client socket: it raises its ``RLIMIT_NOFILE`` (the servers, its
-children, inherit it).
+same run, as the floor, a bare anyio server on each backend that only reads (and answers a
+``PING`` line that ends a chunk, so the load knows it has read everything). A fresh server per
+measure; its RSS (``/proc/<pid>/status``, Linux) is read once a first client has been served
+and has left (what the first connection loads is not counted), then N clients connect, each
+sending ``IAM``, L 64-byte ``LOG`` lines and ``PING`` in one write (the load is
+``tests/many_clients.py``, in a process of its own: batches of 500 whose ``PONG``s are awaited
+before the next batch connects); all stay connected while the RSS is read again. Bytes per
+client = RSS growth / N, for idle connections (L = 0) and full ones (L lines). This script
+raises its ``RLIMIT_NOFILE`` for the servers, its children, to inherit.
 
     python benchmarks/bench_memory.py                   # 10,000 clients, L = 128, ~2 min
     python benchmarks/bench_memory.py --quick           # 2,000 clients
@@ -27,40 +26,42 @@ from __future__ import annotations
 import argparse
 import functools
 import resource
-import selectors
-import socket
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import harness
 
 CLIENTS = 10_000
 QUICK_CLIENTS = 2_000
 LINES = 128
-BATCH = 500  # clients connected at once, below the listen backlog of every server
 SETTLE_SECONDS = 0.5  # after the last PONG, before the RSS is read
 TARGET_FULL_BYTES = 20_000
 TARGET_IDLE_OVER_FLOOR = 1.2
 SERVERS = ("asyncio", "trio", "sync")
 FLOORS = ("bare-asyncio", "bare-trio")
 
-# The floor: anyio's own listener and streams, reading 64 KiB at a time and discarding.
+# The floor: anyio's own listener and streams, reading 64 KiB at a time and discarding (and
+# answering "PING <token>" with "PONG <token>" when a chunk ends with such a line).
 BARE_SERVER = """
 import sys
 import anyio
 
 async def handle(stream):
     async with stream:
-        window = b""
+        tail = b""
         while True:
             try:
                 data = await stream.receive(65536)
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 return
-            window = (window + data)[-6:]
-            if window.endswith(b"PING\\n"):
-                await stream.send(b"PONG\\n")
+            tail = (tail + data)[-64:]
+            del data
+            line = tail[tail.rfind(b"\\n", 0, len(tail) - 1) + 1 :]
+            if line.startswith(b"PING ") and line.endswith(b"\\n"):
+                tail = b""
+                await stream.send(b"PONG " + line[5:])
 
 async def main():
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
@@ -70,6 +71,8 @@ async def main():
 
 anyio.run(main, backend=sys.argv[1])
 """
+# The load: one process holding every client (tests/many_clients.py).
+LOAD = Path(__file__).resolve().parent.parent / "tests" / "many_clients.py"
 
 
 def rss_bytes(pid: int) -> int:
@@ -106,59 +109,32 @@ def start(kind: str, tree: harness.Tree) -> tuple[harness.Child, int]:
         raise
 
 
-def connect_batch(port: int, first: int, count: int, payload: bytes) -> list[socket.socket]:
-    """``count`` clients that each sent ``IAM``, ``payload`` and ``PING``, once every one of
-    them has its ``PONG``."""
-    socks: list[socket.socket] = []
-    for index in range(first, first + count):
-        sock = socket.create_connection((harness.HOST, port), timeout=harness.RUN_TIMEOUT)
-        socks.append(sock)
-        sock.sendall(b"IAM mem-%d\n%sPING\n" % (index, payload))
-    waiting = {sock: b"" for sock in socks}
-    deadline = time.monotonic() + harness.RUN_TIMEOUT
-    with selectors.DefaultSelector() as selector:
-        for sock in socks:
-            selector.register(sock, selectors.EVENT_READ)
-        while waiting:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(waiting)} clients got no PONG")
-            for key, _ in selector.select(timeout=1.0):
-                ready = key.fileobj
-                assert isinstance(ready, socket.socket)
-                got = waiting[ready] + ready.recv(4096)
-                if not got:
-                    raise RuntimeError("the server closed a connection")
-                if got.endswith(b"\n"):
-                    if got != b"PONG\n":
-                        raise RuntimeError(f"unexpected reply {got!r}")
-                    selector.unregister(ready)
-                    del waiting[ready]
-                else:
-                    waiting[ready] = got
-    return socks
+def connect(port: int, clients: int, lines: int, prefix: str) -> harness.Child:
+    """The load (``tests/many_clients.py``), once every client has its ``PONG``."""
+    command = [sys.executable, str(LOAD), str(port), str(clients)]
+    load = harness.Child([*command, "--lines", str(lines), "--prefix", prefix], quiet=True)
+    try:
+        ready = load.line(harness.RUN_TIMEOUT)
+        if ready != f"ready {clients}":
+            raise load.failure(f"said {ready!r}")
+    except BaseException:
+        load.stop()
+        raise
+    return load
 
 
 def measure_once(kind: str, tree: harness.Tree, *, clients: int, lines: int) -> float:
     """Bytes per client of ``kind`` of ``tree`` for ``clients`` clients of ``lines`` lines."""
-    payload = harness.LINE * lines
-    socks: list[socket.socket] = []
     with harness.children() as started:
         server, port = start(kind, tree)
         started.append(server)
         pid = server.process.pid
-        try:
-            # A first client, not counted (nor kept: a server's default limit is 10,000).
-            for sock in connect_batch(port, -1, 1, payload):
-                sock.close()
-            time.sleep(SETTLE_SECONDS)
-            before = rss_bytes(pid)
-            for first in range(0, clients, BATCH):
-                socks += connect_batch(port, first, min(BATCH, clients - first), payload)
-            time.sleep(SETTLE_SECONDS)
-            after = rss_bytes(pid)
-        finally:
-            for sock in socks:
-                sock.close()
+        connect(port, 1, lines, "warm-").stop()  # what the first client loads is not counted
+        time.sleep(SETTLE_SECONDS)
+        before = rss_bytes(pid)
+        started.append(connect(port, clients, lines, "mem-"))
+        time.sleep(SETTLE_SECONDS)
+        after = rss_bytes(pid)
     return (after - before) / clients
 
 
