@@ -215,13 +215,13 @@ class LogatronServer:
             except OSError:
                 pass  # the peer is gone already: the first receive will say so
             # Until the session closes (the peer closed, the connection broke, a fatal error);
-            # written so that no chunk stays referenced while the next receive waits.
-            receive, feed, clock = stream.receive, session.receive_data, self.clock
+            # written so that no chunk (nor bound method) stays referenced while the next
+            # receive waits.
             while not session.closed:
                 try:
-                    events = feed(await receive(RECEIVE_BYTES), clock())
+                    events = session.receive_data(await stream.receive(RECEIVE_BYTES), self.clock())
                 except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                    events = feed(b"", clock())
+                    events = session.receive_data(b"", self.clock())
                 if events:
                     _log_session_events(events, session.name, connection.peer)
                 if session.has_replies:
