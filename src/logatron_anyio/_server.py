@@ -224,6 +224,7 @@ class LogatronServer:
                     events = session.receive_data(b"", self.clock())
                 if events:
                     _log_session_events(events, session.name, connection.peer)
+                    events = ()  # not kept while the next receive waits
                 if session.has_replies:
                     connection.wake()
         except Exception as error:  # a bug here must never take the whole server down

@@ -25,7 +25,7 @@ class LineBuffer:
     Raises ``ValueError`` for a limit below 1.
     """
 
-    __slots__ = ("_max", "_partial", "_probe", "_skipping")
+    __slots__ = ("_max", "_partial", "_skipping")
 
     def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         if max_line_bytes < 1:
@@ -33,8 +33,6 @@ class LineBuffer:
         self._max = max_line_bytes
         self._partial: bytearray | None = None  # the unfinished line (None: there is none)
         self._skipping = False
-        # Any run of more than max_line_bytes bytes holds a whole aligned window of this size.
-        self._probe = max(1, (max_line_bytes + 1) // 2)
 
     @property
     def max_line_bytes(self) -> int:
@@ -113,7 +111,9 @@ class LineBuffer:
         A line longer than the limit contains a whole window ``[k, k + probe)`` with ``k`` a
         multiple of ``probe``; only windows without a newline need measuring their line.
         """
-        probe, limit = self._probe, self._max
+        limit = self._max
+        # Any run of more than limit bytes holds a whole aligned window of this size.
+        probe = max(1, (limit + 1) // 2)
         for start in range(0, len(block) - probe + 1, probe):
             if block.find(b"\n", start, start + probe) >= 0:
                 continue
