@@ -117,3 +117,16 @@ def test_the_store_reads_back_what_the_lines_said(
     info = registry.client("a")
     assert info.lines_received == total and info.lines_evicted == total - len(log)
     assert store.stored_client("a").oldest_seq == (log[0].seq if log else total + 1)
+
+
+def test_lines_never_keep_a_buffer_the_caller_may_change() -> None:
+    registry = Registry()
+    events: list[RegistryEvent] = []
+    registry.subscribe(events.append)
+    session = Session(registry)
+    session.receive_data(b"IAM a\n", 1.0)
+    buffer = bytearray(b"LOG one\n")
+    session.receive_data(buffer, 1.0)  # type: ignore[arg-type]
+    buffer[4:7] = b"two"
+    assert [event.messages for event in events if isinstance(event, Logged)] == [("one",)]
+    assert [entry.message for entry in registry.log("a")] == ["one"]

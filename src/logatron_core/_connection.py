@@ -178,13 +178,16 @@ class ServerConnection:
         """Buffer bytes from the peer; ``b""`` means the peer ended its side.
 
         Raises RuntimeError for data after end of input. Bytes that arrive after a fatal error
-        are dropped.
+        are dropped. A ``bytearray`` or ``memoryview`` is copied (the lines may be kept as they
+        are: see ``Lines``).
         """
         if self._input_ended:
             raise RuntimeError("received data after end of input")
         if self.state is ConnectionState.FAILED:
             return
         if data:
+            if type(data) is not bytes:
+                data = bytes(data)
             pieces = self._framer.feed(data)
         else:
             self._input_ended = True
