@@ -1,6 +1,6 @@
 """The journal's promise: rebuild(persist(any history)) gives back the registry that made it."""
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from logatron_core import (
@@ -72,6 +72,16 @@ operation = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(operation, max_size=60))
+@example(
+    [
+        ("connect", "a"),
+        ("close", "a"),
+        ("tick", 30.0),
+        ("tick", 30.0),
+        ("connect", "a"),  # forgotten, then back: one batch forgets it and writes it again
+        ("flush", False),
+    ]
+)
 def test_rebuild_of_what_was_persisted_equals_the_registry(ops: list[tuple[object, ...]]) -> None:
     store = MemoryStore()
     registry = Registry(

@@ -103,6 +103,7 @@ class Journal:
 
     def failed(self, batch: Batch) -> None:
         """``batch`` was not stored: its changes go into the next one."""
+        forgotten_since = set(self._forgotten)  # expired after the batch was taken
         for name in batch.forgotten:
             if name not in self._changed:
                 self._forgotten.setdefault(name, None)
@@ -111,7 +112,9 @@ class Journal:
             logged = Logged(run.client, run.first_seq, run.timestamp, run.messages, run.truncated)
             taken.setdefault(run.client, deque()).append(logged)
         for client in batch.clients:
-            if client.name in self._forgotten:
+            # A client the batch forgot and wrote again (it came back) is both forgotten and
+            # written by the next batch; only one forgotten since is gone for good.
+            if client.name in forgotten_since:
                 continue
             later = self._changed.pop(client.name, deque())
             runs = taken.get(client.name, deque())
