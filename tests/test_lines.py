@@ -54,13 +54,17 @@ def test_lines_from_the_wire_are_parsed_once_and_only_when_read() -> None:
     assert lines.tail(1) == ("b",) and lines.tail(5) is lines
 
 
+def followed(registry: Registry) -> tuple[Session, list[Logged]]:
+    """A session on ``registry``, and the Logged events it will cause."""
+    logged: list[Logged] = []
+    registry.subscribe(lambda event: logged.append(event) if isinstance(event, Logged) else None)
+    return Session(registry), logged
+
+
 def test_a_run_from_the_wire_stays_the_bytes_it_arrived_in() -> None:
-    registry = Registry()
-    events: list[RegistryEvent] = []
-    registry.subscribe(events.append)
-    session = Session(registry)
+    session, events = followed(Registry())
     session.receive_data(b"IAM a\nLOG one\nLOG two \r\nPING\n", 1.0)
-    (logged,) = [event for event in events if isinstance(event, Logged)]
+    (logged,) = events
     assert isinstance(logged.messages, Lines)
     assert logged.messages.encoded() == (b"LOG one\nLOG two \r\n", log_messages)
     assert logged == Logged("a", 1, 1.0, ("one", "two"))
@@ -96,12 +100,8 @@ def test_the_store_reads_back_what_the_lines_said(
     session = Session(registry, max_line_bytes=max(limit, 6))
     for chunk in [*cut(stream, cuts), b""]:
         session.receive_data(chunk, 1.0)
-    seen = [
-        (message, event.truncated)
-        for event in events
-        if isinstance(event, Logged)
-        for message in event.messages
-    ]
+    logged = [event for event in events if isinstance(event, Logged)]
+    seen = [(message, event.truncated) for event in logged for message in event.messages]
     assert seen == expected
     log = registry.log("a")
     assert [(entry.message, entry.truncated) for entry in log] == expected[-buffer_size:]
@@ -121,12 +121,10 @@ def test_the_store_reads_back_what_the_lines_said(
 
 def test_lines_never_keep_a_buffer_the_caller_may_change() -> None:
     registry = Registry()
-    events: list[RegistryEvent] = []
-    registry.subscribe(events.append)
-    session = Session(registry)
+    session, events = followed(registry)
     session.receive_data(b"IAM a\n", 1.0)
     buffer = bytearray(b"LOG one\n")
     session.receive_data(buffer, 1.0)  # type: ignore[arg-type]
     buffer[4:7] = b"two"
-    assert [event.messages for event in events if isinstance(event, Logged)] == [("one",)]
+    assert [event.messages for event in events] == [("one",)]
     assert [entry.message for entry in registry.log("a")] == ["one"]
