@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -191,6 +191,20 @@ def _status_error(status: int, body: bytes) -> ConsumerError:
     return BadResponse(message)
 
 
+def _filters(
+    client: str | Sequence[str] | None, include: Sequence[str], exclude: Sequence[str]
+) -> dict[str, Any]:
+    """The query parameters of the server-side filters."""
+    query: dict[str, Any] = {}
+    if client is not None:
+        query["client"] = [client] if isinstance(client, str) else list(client)
+    if include:
+        query["include"] = list(include)
+    if exclude:
+        query["exclude"] = list(exclude)
+    return query
+
+
 class TailStream:
     """The events of :meth:`Consumer.tail`: an async iterator and an async context manager."""
 
@@ -259,15 +273,23 @@ class Consumer:
         )
 
     async def recent(
-        self, client: str | None = None, *, since: int = 0, limit: int | None = None
+        self,
+        client: str | Sequence[str] | None = None,
+        *,
+        since: int = 0,
+        limit: int | None = None,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
     ) -> list[LogEntry]:
-        """Buffered entries of every client (or one) with ``seq > since``, ordered by seq.
+        """Buffered entries of every client (or of ``client``: a name, a shell-style pattern
+        such as ``worker-*``, or several) with ``seq > since``, ordered by seq; only lines
+        matching any ``include`` and no ``exclude`` pattern (RE2 syntax), if given.
 
-        Raises NotFound for an unknown client. ``sort_entries()`` orders them by timestamp.
+        Raises NotFound for an unknown client (a single name), BadResponse for a pattern the
+        server refuses. ``sort_entries()`` orders them by timestamp.
         """
-        query: dict[str, Any] = {"since": since}
-        if client is not None:
-            query["client"] = client
+        query = _filters(client, include, exclude)
+        query["since"] = since
         if limit is not None:
             query["limit"] = limit
         return await self._get_json(
@@ -278,7 +300,7 @@ class Consumer:
         self, path: str, query: dict[str, Any] | None, convert: Callable[[Any], _T]
     ) -> _T:
         """GET ``path`` and convert its JSON; raises the ConsumerError that fits."""
-        target = path + ("?" + urlencode(query) if query else "")
+        target = path + ("?" + urlencode(query, doseq=True) if query else "")
         try:
             with anyio.fail_after(self.timeout):
                 status, body = await self._get(target)
@@ -338,16 +360,20 @@ class Consumer:
 
     def tail(
         self,
-        client: str | None = None,
+        client: str | Sequence[str] | None = None,
         *,
         since: int | None = None,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
         on_connect: Callable[[], Awaitable[None] | None] | None = None,
         reconnect: bool = True,
         keepalive: float = 30.0,
         max_backoff: float = 10.0,
     ) -> TailStream:
         """Follow the server: the backlog after ``since`` (all of it if None), ``Current``,
-        then live events, for every client or one.
+        then live events, for every client or those ``client`` names (a name, a shell-style
+        pattern, or several: clients that connect later included); log lines only if they
+        match any ``include`` and no ``exclude`` pattern (RE2 syntax), if given.
 
         Use as ``async with consumer.tail() as events: async for event in events: ...`` so
         the connection is closed when you stop (or call ``aclose()``).
@@ -359,13 +385,12 @@ class Consumer:
         BadResponse only when ``reconnect`` is false; NotFound never (a client that does not
         exist yet may connect later).
         """
-        return TailStream(
-            self._follow(client, since, on_connect, reconnect, keepalive, max_backoff)
-        )
+        query = _filters(client, include, exclude)
+        return TailStream(self._follow(query, since, on_connect, reconnect, keepalive, max_backoff))
 
     async def _follow(
         self,
-        client: str | None,
+        query: dict[str, Any],
         since: int | None,
         on_connect: Callable[[], Awaitable[None] | None] | None,
         reconnect: bool,
@@ -376,7 +401,7 @@ class Consumer:
         backoff = 0.1
         while True:
             try:
-                session = self._tail_once(client, cursor, on_connect, keepalive)
+                session = self._tail_once(query, cursor, on_connect, keepalive)
                 async with aclosing(session):
                     async for event in session:
                         backoff = 0.1
@@ -395,18 +420,16 @@ class Consumer:
 
     async def _tail_once(
         self,
-        client: str | None,
+        filters: dict[str, Any],
         since: int | None,
         on_connect: Callable[[], Awaitable[None] | None] | None,
         keepalive: float,
     ) -> AsyncGenerator[TailEvent, None]:
         """One WebSocket session; ends when the server closes it or the connection dies."""
-        query: dict[str, Any] = {}
-        if client is not None:
-            query["client"] = client
+        query = dict(filters)
         if since is not None:
             query["since"] = since
-        target = "/api/tail" + ("?" + urlencode(query) if query else "")
+        target = "/api/tail" + ("?" + urlencode(query, doseq=True) if query else "")
         stream = await self._connect()
         async with stream:
             ws = WSConnection(ConnectionType.CLIENT)

@@ -85,6 +85,10 @@ class Query:
         values = self._values.get(name)
         return values[-1] if values else None
 
+    def texts(self, name: str) -> list[str]:
+        """Every value of a repeatable parameter, in order."""
+        return list(self._values.get(name, ()))
+
     def integer(self, name: str, minimum: int) -> int | None:
         raw = self.text(name)
         if raw is None:

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from wsproto import WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
@@ -43,10 +44,11 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError as WebSocketLocalProtocolError
 
-from logatron_core import Logged, LogSource, NoSuchClient
+from logatron_core import Logged, LogSource, NoSuchClient, RegistryEvent
 
-from ._messages import Current, Gap, tail_payloads
-from ._stream import EventStream
+from ._filters import ClientFilter, LineFilter
+from ._messages import Current, Gap, run_payloads, tail_payloads
+from ._stream import EventStream, Lagged
 
 __all__ = [
     "DEFAULT_TAIL_QUEUE_LINES",
@@ -106,6 +108,13 @@ class TailOptions:
 
     def count_dropped(self, lines: int) -> None:
         self.lagged_total += lines
+
+
+def _payloads(item: RegistryEvent | Lagged, lines: LineFilter | None) -> list[bytes]:
+    """``tail_payloads``, with a run's lines cut to those ``lines`` keeps."""
+    if lines is None or not isinstance(item, Logged):
+        return tail_payloads(item)
+    return [payload for part in lines.runs(item) for payload in run_payloads(part, tail=True)]
 
 
 def _text_frame(payload: bytes) -> bytes:
@@ -175,15 +184,32 @@ class _Tail:
         finally:
             self.writing_since = None
 
-    async def write_live(self, events: EventStream) -> None:
+    async def write_backlog(self, backlog: deque[Logged], lines: LineFilter | None) -> None:
+        """Send the backlog's runs, about WRITE_BATCH_LINES lines (sent or filtered out) a
+        turn."""
+        while backlog:
+            payloads: list[bytes] = []
+            taken = 0
+            while backlog and taken < WRITE_BATCH_LINES:
+                run = backlog.popleft()
+                taken += len(run.messages)
+                payloads += _payloads(run, lines)
+            await self.send_payloads(payloads)
+            await anyio.lowlevel.checkpoint()
+
+    async def write_live(self, events: EventStream, lines: LineFilter | None) -> None:
         while True:
             await events.wait()
             # One write per turn: each write costs a round of the scheduler, in which every
             # reader runs (on trio, writing run by run starved a live tail to ~20k lines/s).
+            # A filtered tail examines as many lines a turn, and sends what passes.
             payloads: list[bytes] = []
             for item in events.drain(WRITE_BATCH_LINES):
-                payloads += tail_payloads(item)
-            await self.send_payloads(payloads)
+                payloads += _payloads(item, lines)
+            if payloads:
+                await self.send_payloads(payloads)
+            else:
+                await anyio.lowlevel.checkpoint()
 
     async def read(self, done: Done) -> None:
         while True:
@@ -261,7 +287,7 @@ class _Tail:
 
 
 def _backlog(
-    source: LogSource, events: EventStream, since: int | None, client: str | None
+    source: LogSource, events: EventStream, since: int | None, clients: ClientFilter | None
 ) -> tuple[deque[Logged], int, int]:
     """The runs to send before ``current``, the lines missed, and the seq ``current`` reports,
     from the snapshot ``events`` took as it subscribed (runs shared, not copied line by line).
@@ -273,10 +299,13 @@ def _backlog(
     assert snapshot is not None
     if since is None or since <= snapshot.last_seq:
         return deque(snapshot.runs), snapshot.missed if since is not None else 0, snapshot.last_seq
+    exact = None if clients is None else clients.exact
     try:
-        runs = source.snapshot(0, client).runs
+        runs = source.snapshot(0, exact).runs
     except NoSuchClient:
         runs = []
+    if clients is not None and exact is None:
+        runs = clients.runs(runs)
     # Runs are appended whole, so each is entirely before the subscription or entirely after
     # it (and then delivered live).
     kept = deque(run for run in runs if run.last_seq <= snapshot.last_seq)
@@ -288,13 +317,16 @@ async def run_tail(
     ws: WSConnection,
     source: LogSource,
     *,
-    client: str | None,
+    clients: ClientFilter | None,
+    lines: LineFilter | None,
     since: int | None,
     options: TailOptions,
     send_timeout: float,
 ) -> None:
     """Serve one accepted WebSocket tail until the peer leaves or the task is cancelled.
 
+    ``clients``: the clients followed (None: all, those that connect later included);
+    ``lines``: the log lines sent (None: all; client events are not filtered by it).
     ``since`` None means the whole buffered backlog without a gap notice. A write may take
     ``send_timeout`` seconds at most. Every way out sends a close frame with a code and a
     reason when the connection still allows it.
@@ -306,13 +338,13 @@ async def run_tail(
     events = EventStream(
         source,
         options.max_queue_lines,
-        client=client,
+        client=clients if clients is None or clients.exact is None else clients.exact,
         on_drop=options.count_dropped,
         since=since or 0,
     )
     options.subscribers += 1
     try:
-        backlog, missed, last_seq = _backlog(source, events, since, client)
+        backlog, missed, last_seq = _backlog(source, events, since, clients)
         current = Current(last_seq)
         async with anyio.create_task_group() as tg:
 
@@ -324,10 +356,9 @@ async def run_tail(
             async def write(done: Done) -> None:
                 if missed:
                     await tail.send_payloads(tail_payloads(Gap(missed)))
-                while backlog:
-                    await tail.send_payloads(tail_payloads(backlog.popleft()))
+                await tail.write_backlog(backlog, lines)
                 await tail.send_payloads(tail_payloads(current))
-                await tail.write_live(events)
+                await tail.write_live(events, lines)
 
             tg.start_soon(tail.until_gone, tail.read, done)
             tg.start_soon(tail.until_gone, tail.ping, done)
