@@ -177,21 +177,22 @@ def free_port() -> int:
         return port
 
 
-def test_the_handler_delivers_across_a_server_crash(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_handler_delivers_across_a_server_crash(tmp_path: Path, backend: str) -> None:
     port = free_port()
     handler = LogatronHandler("app", "127.0.0.1", port, min_backoff=0.01, max_backoff=0.05)
     log = logging.getLogger("test_durable.handler")
     log.addHandler(handler)
     log.propagate = False
     try:
-        with serving(tmp_path, "asyncio", port=port) as first:
+        with serving(tmp_path, backend, port=port) as first:
             for i in range(50):
                 log.warning("before %d", i)
             handler.flush(TIMEOUT)  # every record confirmed by a PONG, so on disk
             first.kill(signal.SIGKILL)
         for i in range(50):
             log.warning("between %d", i)  # queued while the server is down
-        with serving(tmp_path, "asyncio", port=port) as second:
+        with serving(tmp_path, backend, port=port) as second:
             handler.flush(TIMEOUT)
             messages = [entry[2] for entry in log_of(second, "app")]
     finally:
