@@ -15,7 +15,9 @@ at each line's ends). No match there means no line matches (the usual case of a 
 pattern), at ~0.05 us a line; otherwise the lines from the first match on are tried one by one
 with an ``RE2::Set`` (~0.6 us a line). Patterns whose meaning changes when lines are joined
 (``\\A``, ``\\z``, ``\\C``, ``\\Q``, or a flag group turning a flag off) skip the joined
-search. ``test_filters.py`` checks the two ways agree on random patterns and lines.
+search. A literal pattern (no metacharacter, the usual ``ERROR``) is tried as a substring
+(``in``: ~0.05 us a line), with RE2's answer. ``test_filters.py`` checks that every way agrees
+with RE2 matching line by line, on random patterns and lines.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ PATTERNS_MAX_MEM = 8 << 20
 # The characters of a client pattern: a name's, and fnmatch's ``* ? [ ] !``.
 _CLIENT_PATTERN = re.compile(r"[A-Za-z0-9_\-.:@*?\[\]!]+")
 _WILDCARDS = re.compile(r"[*?\[]")
+# A pattern without RE2 metacharacters: a substring test gives RE2's answer, ~10x faster.
+_LITERAL = re.compile(r"[^\\.+*?()|\[\]{}^$]+")
 # What makes a pattern's meaning differ between a line alone and lines joined by "\n".
 _NOT_JOINABLE = re.compile(r"\\[ACQz]|\(\?[A-Za-z]*-")
 
@@ -137,10 +141,10 @@ def _reason(error: re2.error) -> str:
 
 
 class _Patterns:
-    """Some patterns: matched line by line (an RE2 set) and, where their meaning allows, over
-    lines joined by newlines (one RE2 program)."""
+    """Some patterns: matched line by line (literals as substrings, the others by an RE2 set)
+    and, where their meaning allows, over lines joined by newlines (one RE2 program)."""
 
-    __slots__ = ("_joined", "_set")
+    __slots__ = ("_joined", "_literals", "_set")
 
     def __init__(self, parameter: str, patterns: Sequence[str]) -> None:
         _check_count(parameter, patterns)
@@ -151,14 +155,18 @@ class _Patterns:
                 re2.compile(pattern, _options(REGEX_MAX_MEM))
             except re2.error as error:
                 raise FilterError(f"{parameter} pattern {pattern!r}: {_reason(error)}") from None
-        patterns_set = re2.Set.SearchSet(_options(PATTERNS_MAX_MEM))
-        try:
-            for pattern in patterns:
-                patterns_set.Add(pattern)
-            patterns_set.Compile()
-        except re2.error:
-            raise FilterError(f"the {parameter} patterns are too large together") from None
-        self._set: Callable[[str], object] = patterns_set.Match  # truthy: a match
+        self._literals = tuple(p for p in patterns if _LITERAL.fullmatch(p))
+        self._set: Callable[[str], object] | None = None  # its result is truthy on a match
+        others = [p for p in patterns if p not in self._literals]
+        if others:
+            patterns_set = re2.Set.SearchSet(_options(PATTERNS_MAX_MEM))
+            try:
+                for pattern in others:
+                    patterns_set.Add(pattern)
+                patterns_set.Compile()
+            except re2.error:
+                raise FilterError(f"the {parameter} patterns are too large together") from None
+            self._set = patterns_set.Match
         self._joined: re2._Regexp[str] | None = None
         if not any(_NOT_JOINABLE.search(pattern) for pattern in patterns):
             joined = "|".join(f"(?m:{pattern})" for pattern in patterns)
@@ -171,16 +179,23 @@ class _Patterns:
         """The index of the first message any pattern matches, None if none does."""
         joined = self._joined
         if joined is None or len(messages) == 1:
-            match = self._set
-            return next((i for i, message in enumerate(messages) if match(message)), None)
+            return next(iter(self.matching(messages, range(len(messages)))), None)
         text = "\n".join(messages).encode()
         found = joined.search(text)
         return None if found is None else text.count(b"\n", 0, found.start())
 
     def matching(self, messages: Sequence[str], indexes: Sequence[int]) -> list[int]:
         """The ``indexes`` whose message some pattern matches."""
-        match = self._set
-        return [i for i in indexes if match(messages[i])]
+        literals, match = self._literals, self._set
+        if match is None and len(literals) == 1:
+            literal = literals[0]
+            return [i for i in indexes if literal in messages[i]]
+        return [
+            i
+            for i in indexes
+            if any(literal in messages[i] for literal in literals)
+            or (match is not None and match(messages[i]))
+        ]
 
 
 class LineFilter:

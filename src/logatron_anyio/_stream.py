@@ -145,6 +145,11 @@ class EventStream:
             self._queued -= _weight(item)
         return item
 
+    @property
+    def ready(self) -> bool:
+        """Whether ``drain()`` has something to give now."""
+        return bool(self._queue or self._missed)
+
     async def wait(self) -> None:
         """Return once an event or a Lagged notice is ready, or the stream is closed."""
         while not (self._queue or self._missed or self._closed):
