@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import urlencode
 
@@ -12,6 +13,7 @@ import re2
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
+import test_cli_consumer as cli
 from logatron_anyio import Consumer
 from logatron_anyio._filters import (
     MAX_CLIENT_PATTERN_CHARS,
@@ -24,6 +26,7 @@ from logatron_anyio._filters import (
     line_filter,
 )
 from logatron_core import LogEntry, Logged, Registry
+from test_cli import talk
 from test_http import RawTail, get_json, ping, serving, tcp_client
 
 # -- the filters alone ---------------------------------------------------------------------------
@@ -326,3 +329,58 @@ def test_client_filter_remembers_a_bounded_number_of_names() -> None:
     for i in range(5000):
         assert matches(f"w{i}")
     assert len(matches._cache) <= 4096
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_recent_takes_patterns_and_filters() -> None:
+    with cli.servers() as served:
+        for name in ("worker-1", "worker-2", "web", "db"):
+            talk(served.tcp_port, f"IAM {name}\nLOG {name} ERROR disk\nLOG {name} error "
+                 f"healthcheck\nLOG {name} fine\nPING\n".encode())  # fmt: skip
+        found = cli.run("recent", "worker-*", "db", "--include", "ERROR", "--url", served.url)
+        assert found.returncode == 0, found.stderr
+        assert [line.split("  ")[-1] for line in found.stdout.splitlines()] == [
+            "worker-1 ERROR disk",
+            "worker-2 ERROR disk",
+            "db ERROR disk",
+        ]
+        insensitive = cli.run(
+            *("recent", "w*", "--include", "error", "-i", "--exclude", "HEALTH", "-i"),
+            *("--json", "--url", served.url),
+        )
+        assert [json.loads(line)["message"] for line in insensitive.stdout.splitlines()] == [
+            "worker-1 ERROR disk",
+            "worker-2 ERROR disk",
+            "web ERROR disk",
+        ]
+        refused = cli.run("recent", "--include", "(a", "--url", served.url)
+        assert refused.returncode == 1
+        assert refused.stderr.strip().endswith("include pattern '(a': missing ): (a")
+        assert "refused by" in refused.stderr
+        bad = cli.run("recent", "a b", "--url", served.url)
+        assert bad.returncode == 2 and "invalid client name or pattern" in bad.stderr
+        unknown = cli.run("recent", "nobody", "--url", served.url)
+        assert unknown.returncode == 1 and "no such client: nobody" in unknown.stderr
+
+
+def words(line: str) -> str:
+    """A printed line without its date and time, single-spaced."""
+    return " ".join(line.split()[2:])
+
+
+def test_cli_tail_follows_a_pattern_with_filters() -> None:
+    with cli.servers() as served:
+        talk(served.tcp_port, b"IAM worker-1\nLOG ERROR old\nLOG fine\nPING\n")
+        args = ("worker-*", "--include", "ERROR", "--exclude", "ignored", "--url", served.url)
+        with cli.tail(*args) as (process, out, err):
+            assert words(out.next()) == "worker-1 #1 ERROR old"
+            talk(served.tcp_port, b"IAM web\nLOG ERROR not followed\nPING\n")
+            data = b"LOG fine\nLOG ERROR ignored\nLOG ERROR new\n"
+            with cli.connected(served.tcp_port, "worker-2", data):
+                assert words(out.next()) == "worker-2 * connected"
+                assert words(out.next()) == "worker-2 #6 ERROR new"
+            assert words(out.next()) == "worker-2 * disconnected"
+            assert cli.stop(process) == 0
+            assert err.rest() == ""
