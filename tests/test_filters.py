@@ -24,6 +24,7 @@ from logatron_anyio._filters import (
     LineFilter,
     client_filter,
     line_filter,
+    newest,
 )
 from logatron_core import LogEntry, Logged, Registry
 from test_cli import talk
@@ -384,3 +385,59 @@ def test_cli_tail_follows_a_pattern_with_filters() -> None:
             assert words(out.next()) == "worker-2 * disconnected"
             assert cli.stop(process) == 0
             assert err.rest() == ""
+
+
+# -- tail=N --------------------------------------------------------------------------------------
+
+
+def test_newest_takes_the_newest_lines_that_pass() -> None:
+    runs = [Logged("a", 1, 1.0, ("x1", "y2", "x3")), Logged("b", 4, 2.0, ("x4", "y5"))]
+    assert newest(runs, 2, None) == ([Logged("b", 4, 2.0, ("x4", "y5"))], True)
+    assert newest(runs, 3, None) == (
+        [Logged("a", 3, 1.0, ("x3",)), Logged("b", 4, 2.0, ("x4", "y5"))],
+        True,
+    )
+    assert newest(runs, 5, None) == (runs, False)
+    assert newest(runs, 9, None) == (runs, False)
+    assert newest(runs, 0, None) == ([], True)
+    assert newest([], 0, None) == ([], False)
+    xs = line_filter(["x"], [])
+    assert newest(runs, 2, xs) == (
+        [Logged("a", 3, 1.0, ("x3",)), Logged("b", 4, 2.0, ("x4",))],
+        True,
+    )
+    assert newest(runs, 3, xs)[0] == [
+        Logged("a", 1, 1.0, ("x1",)),
+        Logged("a", 3, 1.0, ("x3",)),
+        Logged("b", 4, 2.0, ("x4",)),
+    ]
+
+
+@pytest.mark.anyio
+async def test_tail_n_gives_the_newest_entries_on_every_route() -> None:
+    async with serving(Registry(buffer_size=3)) as servers:
+        await fleet(servers)
+        port = servers.http_port
+        body = (await get_json(port, "/api/recent?tail=3&include=ERROR"))[1]
+        assert messages(body) == [
+            "ci-10 healthcheck ERROR",
+            "web ERROR disk full",
+            "web healthcheck ERROR",
+        ]
+        body = (await get_json(port, "/api/recent?tail=3&limit=2&client=worker-*"))[1]
+        assert messages(body) == ["worker-2 ERROR disk full", "worker-2 healthcheck ERROR"]
+        body = (await get_json(port, "/api/clients/web/log?tail=1"))[1]
+        assert messages(body) == ["web done"]
+        assert (await get_json(port, "/api/recent?tail=-1"))[0] == 400
+        # worker-1's first line was evicted: no gap notice once tail=N leaves it out anyway.
+        async with RawTail.open(port, "/api/tail?client=worker-1&since=0&tail=2") as tail:
+            backlog = await tail.messages_until_current()
+        assert [m.get("message") for m in backlog] == [
+            "worker-1 healthcheck ERROR",
+            "worker-1 done",
+            None,
+        ]
+        async with RawTail.open(port, "/api/tail?client=worker-1&since=0&tail=5") as tail:
+            backlog = await tail.messages_until_current()
+        assert backlog[0] == {"type": "gap", "missed": 1}
+        assert len(backlog) == 5

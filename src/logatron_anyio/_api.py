@@ -19,7 +19,7 @@ from wsproto import WSConnection
 from logatron_core import ErrorCode, LogSource, NoSuchClient, is_valid_name
 
 from ._durable import StoreHealth
-from ._filters import ClientFilter, FilterError, LineFilter, client_filter, line_filter
+from ._filters import ClientFilter, FilterError, LineFilter, client_filter, line_filter, newest
 from ._messages import (
     client_payload,
     clients_payload,
@@ -123,6 +123,7 @@ class Api:
             raise HttpError(426, "upgrade-required", "/api/tail is a WebSocket", upgrade)
         clients, lines = _clients(request), _lines(request)
         since = request.query.integer("since", 0)
+        count = request.query.integer("tail", 0)
         registry, options = self.registry, self.tail_options
 
         async def serve(
@@ -135,6 +136,7 @@ class Api:
                 clients=clients,
                 lines=lines,
                 since=since,
+                newest=count,
                 options=options,
                 send_timeout=send_timeout,
             )
@@ -154,13 +156,17 @@ class Api:
         answer if ``named``; or the ``clients`` a filter accepts) entries that ``lines`` keeps,
         for ``since``/``limit``: a snapshot of the registry's runs (cheap), filtered and
         encoded with a checkpoint every ENCODE_CHUNK_LINES lines, so a large answer never
-        stalls ingest or the tails."""
+        stalls ingest or the tails. ``tail=N`` keeps the newest N of those entries (before
+        ``limit``)."""
         since = request.query.integer("since", 0) or 0
         limit = request.query.integer("limit", 1)
+        count = request.query.integer("tail", 0)
         snapshot = self.registry.snapshot(since, client)
         runs, last_seq = snapshot.runs, snapshot.last_seq
         if clients is not None:
             runs = clients.runs(runs)
+        if count is not None:
+            runs, lines = newest(runs, count, lines)[0], None
         entries: list[bytes] = []
         since_checkpoint = 0
         for run in runs:

@@ -47,6 +47,7 @@ from wsproto.utilities import LocalProtocolError as WebSocketLocalProtocolError
 from logatron_core import Logged, LogSource, NoSuchClient, RegistryEvent
 
 from ._filters import ClientFilter, LineFilter
+from ._filters import newest as _newest
 from ._messages import Current, Gap, run_payloads, tail_payloads
 from ._stream import EventStream, Lagged
 
@@ -326,14 +327,16 @@ async def run_tail(
     since: int | None,
     options: TailOptions,
     send_timeout: float,
+    newest: int | None = None,
 ) -> None:
     """Serve one accepted WebSocket tail until the peer leaves or the task is cancelled.
 
     ``clients``: the clients followed (None: all, those that connect later included);
     ``lines``: the log lines sent (None: all; client events are not filtered by it).
-    ``since`` None means the whole buffered backlog without a gap notice. A write may take
-    ``send_timeout`` seconds at most. Every way out sends a close frame with a code and a
-    reason when the connection still allows it.
+    ``since`` None means the whole buffered backlog without a gap notice; ``newest``, the
+    newest lines of that backlog only (no gap notice when older ones are left out, as asked).
+    A write may take ``send_timeout`` seconds at most. Every way out sends a close frame with
+    a code and a reason when the connection still allows it.
     """
     raw_socket = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
     if raw_socket is not None:
@@ -349,6 +352,11 @@ async def run_tail(
     options.subscribers += 1
     try:
         backlog, missed, last_seq = _backlog(source, events, since, clients)
+        backlog_lines = lines
+        if newest is not None:
+            runs, cut = _newest(list(backlog), newest, lines)
+            backlog, backlog_lines = deque(runs), None
+            missed = 0 if cut else missed
         current = Current(last_seq)
         async with anyio.create_task_group() as tg:
 
@@ -360,7 +368,7 @@ async def run_tail(
             async def write(done: Done) -> None:
                 if missed:
                     await tail.send_payloads(tail_payloads(Gap(missed)))
-                await tail.write_backlog(backlog, lines)
+                await tail.write_backlog(backlog, backlog_lines)
                 await tail.send_payloads(tail_payloads(current))
                 await tail.write_live(events, lines)
 
