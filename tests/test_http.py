@@ -434,7 +434,6 @@ async def test_an_unexpected_error_gets_a_json_500_and_the_server_goes_on(
 # -- auth ----------------------------------------------------------------------------------------
 
 PROTECTED = {
-    "/": 200,
     "/metrics": 200,
     "/api/clients": 200,
     "/api/clients/a": 200,
@@ -459,6 +458,15 @@ async def test_every_route_but_healthz_needs_the_token(path: str, allowed: int) 
         status, _, _ = await get(port, path + "?token=s3cret")
         assert status == allowed
         assert (await get(port, "/healthz"))[0] == 200
+
+
+async def test_the_status_pages_shell_needs_no_token() -> None:
+    """The page holds no data (it asks for the token and sends it on every API call)."""
+    async with serving(token="s3cret") as servers, tcp_client(servers, "secret-name") as client:
+        await ping(client)
+        status, headers, page = await get(servers.http_port, "/")
+        assert status == 200 and headers["content-type"].startswith("text/html")
+        assert b"secret-name" not in page
 
 
 async def test_tail_websocket_needs_the_token_too() -> None:

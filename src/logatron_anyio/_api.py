@@ -63,7 +63,7 @@ class Api:
         """The route table: method and path pattern → handler (see ``_routes``)."""
         return [
             Route("GET", "/healthz", self.healthz, public=True),
-            Route("GET", "/", self.status_page),
+            Route("GET", "/", self.status_page, public=True),  # the shell: it asks for a token
             Route("GET", "/metrics", self.metrics),
             Route("GET", "/api/clients", self.clients),
             Route("GET", "/api/clients/{name}", self.client),
