@@ -24,8 +24,8 @@ from logatron_anyio._filters import (
     LineFilter,
     client_filter,
     line_filter,
-    newest,
 )
+from logatron_anyio._tail import newest_runs
 from logatron_core import LogEntry, Logged, Registry
 from test_cli import talk
 from test_http import RawTail, get_json, ping, serving, tcp_client
@@ -382,33 +382,23 @@ def test_cli_tail_follows_a_pattern_with_filters() -> None:
                 assert words(out.next()) == "worker-2 #6 ERROR new"
             assert words(out.next()) == "worker-2 * disconnected"
             assert cli.stop(process) == 0
-            assert err.rest() == ""
+            assert err.rest() == "-- live --\n"
 
 
 # -- tail=N --------------------------------------------------------------------------------------
 
 
-def test_newest_takes_the_newest_lines_that_pass() -> None:
+def test_newest_runs_takes_the_newest_lines_that_pass() -> None:
     runs = [Logged("a", 1, 1.0, ("x1", "y2", "x3")), Logged("b", 4, 2.0, ("x4", "y5"))]
-    assert newest(runs, 2, None) == ([Logged("b", 4, 2.0, ("x4", "y5"))], True)
-    assert newest(runs, 3, None) == (
-        [Logged("a", 3, 1.0, ("x3",)), Logged("b", 4, 2.0, ("x4", "y5"))],
-        True,
-    )
-    assert newest(runs, 5, None) == (runs, False)
-    assert newest(runs, 9, None) == (runs, False)
-    assert newest(runs, 0, None) == ([], True)
-    assert newest([], 0, None) == ([], False)
     xs = line_filter(["x"], [])
-    assert newest(runs, 2, xs) == (
-        [Logged("a", 3, 1.0, ("x3",)), Logged("b", 4, 2.0, ("x4",))],
-        True,
-    )
-    assert newest(runs, 3, xs)[0] == [
+    assert newest_runs(runs, 2, xs) == [Logged("a", 3, 1.0, ("x3",)), Logged("b", 4, 2.0, ("x4",))]
+    assert newest_runs(runs, 3, xs) == [
         Logged("a", 1, 1.0, ("x1",)),
         Logged("a", 3, 1.0, ("x3",)),
         Logged("b", 4, 2.0, ("x4",)),
     ]
+    assert newest_runs(runs, 9, xs) == newest_runs(runs, 3, xs)
+    assert newest_runs(runs, 0, xs) == []
 
 
 @pytest.mark.anyio
@@ -422,7 +412,7 @@ async def test_tail_n_gives_the_newest_entries_on_every_route() -> None:
             "web ERROR disk full",
             "web healthcheck ERROR",
         ]
-        body = (await get_json(port, "/api/recent?tail=3&limit=2&client=worker-*"))[1]
+        body = (await get_json(port, "/api/recent?tail=2&client=worker-*&exclude=done"))[1]
         assert messages(body) == ["worker-2 ERROR disk full", "worker-2 healthcheck ERROR"]
         body = (await get_json(port, "/api/clients/web/log?tail=1"))[1]
         assert messages(body) == ["web done"]

@@ -19,7 +19,7 @@ from wsproto import WSConnection
 from logatron_core import ErrorCode, LogSource, NoSuchClient, is_valid_name
 
 from ._durable import StoreHealth
-from ._filters import ClientFilter, FilterError, LineFilter, client_filter, line_filter, newest
+from ._filters import ClientFilter, FilterError, LineFilter, client_filter, line_filter
 from ._messages import (
     client_payload,
     clients_payload,
@@ -28,7 +28,7 @@ from ._messages import (
     state_json,
 )
 from ._routes import ApiRequest, HttpError, Reply, Route, Upgrade, json_reply
-from ._tail import TailOptions, run_tail
+from ._tail import TailOptions, newest_runs, run_tail
 
 __all__ = ["Api", "render_metrics"]
 
@@ -63,7 +63,7 @@ class Api:
         """The route table: method and path pattern → handler (see ``_routes``)."""
         return [
             Route("GET", "/healthz", self.healthz, public=True),
-            Route("GET", "/", self.status_page, public=True),  # the shell: it asks for a token
+            Route("GET", "/", self.status_page, public=True),  # a shell that asks for the token
             Route("GET", "/metrics", self.metrics),
             Route("GET", "/api/clients", self.clients),
             Route("GET", "/api/clients/{name}", self.client),
@@ -123,7 +123,7 @@ class Api:
             raise HttpError(426, "upgrade-required", "/api/tail is a WebSocket", upgrade)
         clients, lines = _clients(request), _lines(request)
         since = request.query.integer("since", 0)
-        count = request.query.integer("tail", 0)
+        newest = request.query.integer("tail", 0)
         registry, options = self.registry, self.tail_options
 
         async def serve(
@@ -136,9 +136,9 @@ class Api:
                 clients=clients,
                 lines=lines,
                 since=since,
-                newest=count,
                 options=options,
                 send_timeout=send_timeout,
+                newest=newest,
             )
 
         return Upgrade(serve)
@@ -154,19 +154,22 @@ class Api:
     ) -> Reply:
         """``entries_payload`` of every client's (or one ``client``'s, ``named`` in the
         answer if ``named``; or the ``clients`` a filter accepts) entries that ``lines`` keeps,
-        for ``since``/``limit``: a snapshot of the registry's runs (cheap), filtered and
-        encoded with a checkpoint every ENCODE_CHUNK_LINES lines, so a large answer never
-        stalls ingest or the tails. ``tail=N`` keeps the newest N of those entries (before
-        ``limit``)."""
+        for ``since`` and ``limit`` (the oldest N) or ``tail`` (the newest N): a snapshot of the
+        registry's runs (cheap), filtered and encoded with a checkpoint every
+        ENCODE_CHUNK_LINES lines, so a large answer never stalls ingest or the tails."""
         since = request.query.integer("since", 0) or 0
         limit = request.query.integer("limit", 1)
-        count = request.query.integer("tail", 0)
+        newest = request.query.integer("tail", 0)
+        if limit is not None and newest is not None:
+            raise HttpError(
+                400, "bad-request", "give limit (the oldest N) or tail (the newest N), not both"
+            )
         snapshot = self.registry.snapshot(since, client)
         runs, last_seq = snapshot.runs, snapshot.last_seq
         if clients is not None:
             runs = clients.runs(runs)
-        if count is not None:
-            runs, lines = newest(runs, count, lines)[0], None
+        if newest is not None:
+            runs, lines = newest_runs(runs, newest, lines), None
         entries: list[bytes] = []
         since_checkpoint = 0
         for run in runs:

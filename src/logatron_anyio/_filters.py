@@ -41,7 +41,6 @@ __all__ = [
     "LineFilter",
     "client_filter",
     "line_filter",
-    "newest",
 ]
 
 # Patterns per parameter (client, include, exclude) in one request. Each include or exclude
@@ -250,32 +249,3 @@ def line_filter(include: Sequence[str], exclude: Sequence[str]) -> LineFilter | 
     if not include and not exclude:
         return None
     return LineFilter(include, exclude)
-
-
-def newest(
-    runs: Sequence[Logged], count: int, lines: LineFilter | None
-) -> tuple[list[Logged], bool]:
-    """The newest ``count`` lines of ``runs`` (ordered by seq) that ``lines`` keeps (all, if
-    None), as runs ordered by seq, and whether older lines were left out. Only the runs from
-    the newest back to the count are filtered."""
-    kept: list[Logged] = []
-    left = count
-    for index in range(len(runs) - 1, -1, -1):
-        run = runs[index]
-        for part in reversed([run] if lines is None else lines.runs(run)):
-            if left == 0:
-                return kept[::-1], True
-            size = len(part.messages)
-            if size > left:
-                start = size - left
-                cut = Logged(
-                    part.name, part.first_seq + start, part.timestamp, part.messages[start:],
-                    part.truncated,
-                )  # fmt: skip
-                kept.append(cut)
-                return kept[::-1], True
-            kept.append(part)
-            left -= size
-        if left == 0 and index > 0:
-            return kept[::-1], True
-    return kept[::-1], False

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import anyio
 import anyio.abc
@@ -47,7 +47,6 @@ from wsproto.utilities import LocalProtocolError as WebSocketLocalProtocolError
 from logatron_core import Logged, LogSource, NoSuchClient, RegistryEvent
 
 from ._filters import ClientFilter, LineFilter
-from ._filters import newest as _newest
 from ._messages import Current, Gap, run_payloads, tail_payloads
 from ._stream import EventStream, Lagged
 
@@ -55,6 +54,7 @@ __all__ = [
     "DEFAULT_TAIL_QUEUE_LINES",
     "PING_INTERVAL_SECONDS",
     "TailOptions",
+    "newest_runs",
     "run_tail",
 ]
 
@@ -291,30 +291,66 @@ class _Tail:
                 pass
 
 
+def newest_runs(
+    runs: Sequence[Logged], count: int, lines: LineFilter | None = None
+) -> list[Logged]:
+    """The newest ``count`` lines of ``runs`` (ordered by seq) that ``lines`` keeps (every
+    line if None), as runs: the oldest one kept may be cut to its newest lines. Only the runs
+    from the newest back to the count are filtered."""
+    kept: list[Logged] = []
+    left = count
+    for run in reversed(runs):
+        for part in reversed([run] if lines is None else lines.runs(run)):
+            if left <= 0:
+                break
+            if len(part.messages) > left:
+                first_seq = part.last_seq - left + 1
+                part = Logged(
+                    part.name, first_seq, part.timestamp, part.messages[-left:], part.truncated
+                )
+            kept.append(part)
+            left -= len(part.messages)
+        if left <= 0:
+            break
+    kept.reverse()
+    return kept
+
+
 def _backlog(
-    source: LogSource, events: EventStream, since: int | None, clients: ClientFilter | None
+    source: LogSource,
+    events: EventStream,
+    since: int | None,
+    clients: ClientFilter | None,
+    newest: int | None,
+    lines: LineFilter | None,
 ) -> tuple[deque[Logged], int, int]:
     """The runs to send before ``current``, the lines missed, and the seq ``current`` reports,
     from the snapshot ``events`` took as it subscribed (runs shared, not copied line by line).
 
     A cursor past the newest seq comes from before a restart of an in-memory server (seqs
     began again at 1): then everything buffered up to the subscription is new to this reader.
+    With ``newest``, only the newest lines are sent, and only the lines missed among them
+    are told.
     """
     snapshot = events.snapshot
     assert snapshot is not None
     if since is None or since <= snapshot.last_seq:
-        return deque(snapshot.runs), snapshot.missed if since is not None else 0, snapshot.last_seq
-    exact = None if clients is None else clients.exact
-    try:
-        runs = source.snapshot(0, exact).runs
-    except NoSuchClient:
-        runs = []
-    if clients is not None and exact is None:
-        runs = clients.runs(runs)
-    # Runs are appended whole, so each is entirely before the subscription or entirely after
-    # it (and then delivered live).
-    kept = deque(run for run in runs if run.last_seq <= snapshot.last_seq)
-    return kept, 0, snapshot.last_seq
+        runs, missed = snapshot.runs, snapshot.missed if since is not None else 0
+    else:
+        exact = None if clients is None else clients.exact
+        try:
+            stored = source.snapshot(0, exact).runs
+        except NoSuchClient:
+            stored = []
+        if clients is not None and exact is None:
+            stored = clients.runs(stored)
+        # Runs are appended whole, so each is entirely before the subscription or entirely
+        # after it (and then delivered live).
+        runs, missed = [run for run in stored if run.last_seq <= snapshot.last_seq], 0
+    if newest is not None:
+        runs = newest_runs(runs, newest, lines)
+        missed = min(missed, newest - sum(len(run.messages) for run in runs))
+    return deque(runs), missed, snapshot.last_seq
 
 
 async def run_tail(
@@ -333,10 +369,10 @@ async def run_tail(
 
     ``clients``: the clients followed (None: all, those that connect later included);
     ``lines``: the log lines sent (None: all; client events are not filtered by it).
-    ``since`` None means the whole buffered backlog without a gap notice; ``newest``, the
-    newest lines of that backlog only (no gap notice when older ones are left out, as asked).
-    A write may take ``send_timeout`` seconds at most. Every way out sends a close frame with
-    a code and a reason when the connection still allows it.
+    ``since`` None means the whole buffered backlog without a gap notice; ``newest`` keeps
+    only the newest lines of the backlog that ``lines`` keeps (``?tail=N``). A write may take
+    ``send_timeout`` seconds at most. Every way out sends a close frame with a code and a
+    reason when the connection still allows it.
     """
     raw_socket = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
     if raw_socket is not None:
@@ -351,12 +387,8 @@ async def run_tail(
     )
     options.subscribers += 1
     try:
-        backlog, missed, last_seq = _backlog(source, events, since, clients)
-        backlog_lines = lines
-        if newest is not None:
-            runs, cut = _newest(list(backlog), newest, lines)
-            backlog, backlog_lines = deque(runs), None
-            missed = 0 if cut else missed
+        backlog, missed, last_seq = _backlog(source, events, since, clients, newest, lines)
+        backlog_lines = lines if newest is None else None  # newest_runs filtered them
         current = Current(last_seq)
         async with anyio.create_task_group() as tg:
 
