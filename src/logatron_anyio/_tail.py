@@ -11,6 +11,12 @@ WebSocket frames and writes them, a few thousand lines at a time, so that a tail
 stalls keeps its backlog queued (and lags) instead of encoding it; another task reads the
 peer's frames (pongs, close).
 
+Filters (``_filters``): the clients followed are chosen in the subscriber (the queue holds only
+their events, clients that connect later included); the lines are filtered in the writer, by
+the runs it takes from the queue, so that ingest never runs a regular expression. A filtered
+writer takes lines until it has a turn's worth to send: a selective pattern examines every
+line instead of lagging.
+
 Every write to the peer has a deadline (the HTTP server's send timeout): a peer that stops
 reading for that long ends the tail (1011), whatever the ping interval. A watchdog task keeps
 it, rather than a cancel scope around each write, which would cost ~8 us a write (~15% of the
