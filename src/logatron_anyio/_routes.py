@@ -22,8 +22,6 @@ from urllib.parse import parse_qs, unquote
 import anyio.abc
 from wsproto import WSConnection
 
-from logatron_core import is_valid_name
-
 from ._messages import dumps, error_json
 
 __all__ = [
@@ -100,12 +98,6 @@ class Query:
         if value < minimum:
             raise HttpError(400, "bad-request", f"{name} must be at least {minimum}")
         return value
-
-    def client(self) -> str | None:
-        name = self.text("client")
-        if name is not None and not is_valid_name(name):
-            raise HttpError(400, "bad-request", f"invalid client name: {name!r}")
-        return name
 
 
 @dataclass(frozen=True, slots=True)
