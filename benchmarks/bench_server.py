@@ -13,8 +13,8 @@ every other repeat, and prints each server's TLS/plain ratio of medians, of thro
 the server's CPU time per line (from /proc: less sensitive to a busy machine).
 
     python benchmarks/bench_server.py [--quick] [--repeats N] [--servers asyncio,trio,sync]
-    python benchmarks/bench_server.py --repeats 5 --compare /work/before/src
-    python benchmarks/bench_server.py --tls --repeats 5
+    python benchmarks/bench_server.py --repeats 5 --compare /work/before/src [--target 1.2]
+    python benchmarks/bench_server.py --tls --repeats 7
     python benchmarks/bench_server.py --profile trio    # cProfile of the server, to stderr
 """
 
@@ -32,7 +32,8 @@ import harness
 
 LINES = 250_000
 QUICK_LINES = 50_000
-# Issue 7: asyncio and trio within 5% of their medians before a restructuring.
+# Issue 7: asyncio and trio within 5% of their medians before a restructuring (the default of
+# --target); issue 11 asked for a rise: --target 1.2.
 TARGET_AFTER_OVER_BEFORE = 0.95
 # Issue 10: ingest over TLS at least 0.6x plain TCP.
 TARGET_TLS_OVER_PLAIN = 0.6
@@ -96,6 +97,14 @@ def main() -> None:
     parser.add_argument("--servers", default="asyncio,trio,sync")
     parser.add_argument("--lines", type=int, default=LINES, help="lines per client")
     parser.add_argument("--profile", metavar="SERVER", help="profile one run of SERVER")
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=TARGET_AFTER_OVER_BEFORE,
+        metavar="RATIO",
+        help="with --compare: asyncio and trio must reach RATIO x their medians before "
+        f"(default {TARGET_AFTER_OVER_BEFORE})",
+    )
     parser.add_argument(
         "--tls",
         action="store_true",
@@ -167,12 +176,8 @@ def main() -> None:
         after, before = summaries["after"], summaries["before"]
         for server in [name for name in servers if name != "sync"]:
             key = f"{server}_lines_per_s"
-            must_hold.append(
-                (
-                    f"{server} after >= {TARGET_AFTER_OVER_BEFORE}x before",
-                    after[key] >= TARGET_AFTER_OVER_BEFORE * before[key],
-                )
-            )
+            met = after[key] >= args.target * before[key]
+            must_hold.append((f"{server} after >= {args.target}x before", met))
     settings = {
         "clients": harness.CLIENTS,
         "lines_per_client": lines,

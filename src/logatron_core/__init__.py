@@ -61,6 +61,7 @@ from ._limits import (
     MAX_PENDING_REPLY_BYTES,
     MAX_TOKEN_LENGTH,
 )
+from ._lines import Lines
 from ._memory import MemoryStore
 from ._registry import Registry
 from ._remote import Append, Claim, Release, RemoteRegistry, SetKey
@@ -112,6 +113,7 @@ __all__ = (
     "Identify",
     "Journal",
     "LineBuffer",
+    "Lines",
     "LocalProtocolError",
     "Log",
     "LogEntry",
