@@ -380,4 +380,5 @@ def test_connect_proxy_refuses_other_methods() -> None:
 
 def test_ssl_module_minimum_is_tls_1_2(pki: Pki) -> None:
     assert pki.server_context().minimum_version is ssl.TLSVersion.TLSv1_2
+    assert pki.server_context().num_tickets == 0  # nothing sent unasked after the handshake
     assert pki.client_context().minimum_version is ssl.TLSVersion.TLSv1_2

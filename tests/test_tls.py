@@ -78,6 +78,19 @@ def test_lines_arrive_over_tls(servers: Servers, pki: Pki) -> None:
     assert running.query(lambda registry: registry.state("bob")) == {"k": "v"}
 
 
+def test_a_tls_client_that_never_reads_loses_nothing(servers: Servers, pki: Pki) -> None:
+    """A client that sends and closes without reading: every line is stored. (The servers send
+    no TLS 1.3 session tickets, so such a client leaves nothing unread and its close is no
+    reset, which could make the server's kernel drop what it had not read yet.)"""
+    running = servers.start(ssl_context=pki.server_context())
+    quiet = Peer(running.port, ssl_context=pki.client_context())
+    quiet.send(b"IAM quiet\n" + b"LOG x\n" * 2000 + b"LOG last\n")
+    quiet.close()
+    running.wait_until(lambda r: "quiet" in r.names() and not r.client("quiet").connected)
+    info = running.query(lambda registry: registry.client("quiet"))
+    assert info.lines_received == 2001 and info.log[-1].message == "last"
+
+
 @pytest.mark.parametrize(
     "first_bytes", [b"IAM bob\nLOG plain text\n", b"\x16\x03\x01\x00\x05hello", bytes(range(256))]
 )

@@ -1,9 +1,10 @@
 """TLS on anyio: the servers' handshake at accept, bounded in time, and the client side's.
 
 A server with an ``ssl.SSLContext`` hands each accepted connection to :func:`tls_handler`'s
-wrapper, which runs the handshake (``anyio.streams.tls.TLSStream``, the same on asyncio and
+wrapper, which runs the handshake (``_tlsstream.ServerTLSStream``, the same on asyncio and
 trio) in that connection's own task, within ``handshake_timeout``; only then does the
-server's usual handler see the connection, as a ``TLSStream``. A peer that sends plain text or
+server's usual handler see the connection, as a ``ServerTLSStream``. Clients use anyio's
+``TLSStream``. A peer that sends plain text or
 garbage fails the handshake at once, one that sends nothing is closed at the deadline: either
 way it is logged with its address and costs the other connections nothing.
 
@@ -32,6 +33,8 @@ from logatron_sync._tls import (
     peer_names,
     server_context,
 )
+
+from ._tlsstream import ServerTLSStream
 
 __all__ = [
     "HANDSHAKE_TIMEOUT_SECONDS",
@@ -71,9 +74,7 @@ def tls_handler(
     async def handle_tls(stream: anyio.abc.SocketStream) -> None:
         try:
             with anyio.fail_after(timeout):
-                wrapped = await TLSStream.wrap(
-                    stream, server_side=True, ssl_context=context, standard_compatible=False
-                )
+                wrapped = await ServerTLSStream.accept(stream, context)
         except (TimeoutError, ssl.SSLError, OSError, anyio.BrokenResourceError) as error:
             await _handshake_failed(stream, error, log)
             return

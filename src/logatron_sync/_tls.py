@@ -43,6 +43,10 @@ def server_context(
     CA signed. Raises OSError for a file it cannot read, ssl.SSLError for one it cannot use."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = MINIMUM_VERSION
+    # No TLS 1.3 session tickets: they are sent after the handshake, unasked, and a client
+    # that never reads (a fire-and-forget sender) would close with them unread, which resets
+    # the connection and can lose the lines it sent last. Sessions are not resumed.
+    context.num_tickets = 0
     context.load_cert_chain(cert, key)
     if client_ca is not None:
         context.load_verify_locations(cafile=client_ca)
