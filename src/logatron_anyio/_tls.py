@@ -4,9 +4,9 @@ A server with an ``ssl.SSLContext`` hands each accepted connection to :func:`tls
 wrapper, which runs the handshake (``_tlsstream.ServerTLSStream``, the same on asyncio and
 trio) in that connection's own task, within ``handshake_timeout``; only then does the
 server's usual handler see the connection, as a ``ServerTLSStream``. Clients use anyio's
-``TLSStream``. A peer that sends plain text or
-garbage fails the handshake at once, one that sends nothing is closed at the deadline: either
-way it is logged with its address and costs the other connections nothing.
+``TLSStream``. A peer that sends plain text or garbage fails the handshake at once, one that
+sends nothing is closed at the deadline: either way it is logged with its address and costs
+the other connections nothing.
 
 Streams skip TLS's closing handshake (``standard_compatible=False``): both protocols here
 frame their own messages (lines; HTTP's lengths), and a peer that vanishes must not hold a
