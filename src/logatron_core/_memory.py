@@ -318,12 +318,23 @@ class MemoryStore:
             oldest,
         )
 
-    def restore(self, client: StoredClient, runs: list[StoredRun], now: float) -> None:
+    def restore(
+        self,
+        client: StoredClient,
+        runs: list[StoredRun],
+        now: float,
+        *,
+        keep_connected: bool = False,
+    ) -> None:
         """Add ``client``'s stored record, disconnected (retained after those restored before
-        it), with ``runs`` (oldest first) cut to its ``oldest_seq``."""
+        it), with ``runs`` (oldest first) cut to its ``oldest_seq``. With ``keep_connected``
+        (a mirror of a shared store, whose connections live on) a connected client stays
+        connected."""
         record = _Record(client.name, client.connected_at)
-        record.connected = False
-        record.disconnected_at = now if client.connected else client.disconnected_at
+        connected = client.connected and keep_connected
+        record.connected = connected
+        if not connected:
+            record.disconnected_at = now if client.connected else client.disconnected_at
         record.state = dict(client.state)
         record.lines_received = client.lines_received
         record.lines_evicted = client.lines_evicted
@@ -337,7 +348,10 @@ class MemoryStore:
             record.head_skip = max(0, client.oldest_seq - record.runs[0][0])
             record.buffered -= record.head_skip
         self._records[client.name] = record
-        self._retained[client.name] = None
+        if connected:
+            self._connected += 1
+        else:
+            self._retained[client.name] = None
 
     def restore_last_seq(self, last_seq: int) -> None:
         """Seqs continue above ``last_seq``."""

@@ -17,7 +17,7 @@ connection for a refused claim). A session's lines that follow a claim refused t
 discarded by the shared store, which appends only for the connection holding the claim.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -95,6 +95,8 @@ class RemoteRegistry(Registry):
         super().__init__(self.mirror, **limits)  # type: ignore[arg-type]
         self._commands: list[Command] = []
         self._claimed: dict[str, object] = {}  # names this front end's sessions claimed
+        # Called when a command is queued while none was: the adapter's cue to send soon.
+        self.on_queued: Callable[[], object] | None = None
         self.hold_pongs()
 
     # -- what sessions do: queued as commands ---------------------------------------------------
@@ -138,6 +140,8 @@ class RemoteRegistry(Registry):
         super().count_error(None, code)
 
     def _queue(self, command: Command) -> None:
+        if not self._commands and self.on_queued is not None:
+            self.on_queued()
         self._commands.append(command)
         self.mark += 1
 
@@ -162,6 +166,12 @@ class RemoteRegistry(Registry):
         if hasattr(command.session, "refuse_late"):
             origin: _Origin = command.session
             origin.refuse_late(code, detail, now)
+
+    def replace_mirror(self, mirror: MemoryStore) -> None:
+        """Serve every read from ``mirror`` from now on: the shared store's state, loaded anew
+        (at start, or after the shared store lost changes). Subscribers are not told."""
+        self.mirror = mirror
+        self.store = mirror
 
     def apply_ready(self, name: str, now: float) -> None:
         """The shared store connected ``name`` (on any front end)."""
