@@ -70,12 +70,15 @@ class _Writer:
     """A connection's writer task: writes the session's replies (bounded in the core) as they
     come, and the last ones once the reader is done, within a grace period."""
 
-    __slots__ = ("_finished", "_session", "_wakeup")
+    __slots__ = ("_finished", "_session", "_wakeup", "stop_reading")
 
     def __init__(self, session: Session) -> None:
         self._session = session
         self._wakeup = anyio.Event()
         self._finished = False
+        # Ends the reader when the session was closed outside it (a claim a shared store
+        # refused late): the fatal ERR written, the connection ends.
+        self.stop_reading: Callable[[], object] | None = None
 
     def wake(self) -> None:
         """Replies are waiting (or the reader is done)."""
@@ -98,6 +101,8 @@ class _Writer:
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     return  # the peer is gone; the reader will see it too
                 continue  # more may have come meanwhile
+            if session.closed and self.stop_reading is not None:
+                self.stop_reading()
             if self._finished and not session.pongs_held:
                 return
             await self._wakeup.wait()
@@ -198,7 +203,9 @@ class LogatronServer:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(writer.run, stream)
                 try:
-                    await self._read_loop(stream, session, writer, peer)
+                    with anyio.CancelScope() as reading:
+                        writer.stop_reading = reading.cancel
+                        await self._read_loop(stream, session, writer, peer)
                 finally:
                     writer.finish()
                 # The writer flushes the last replies (a fatal ERR), within a grace period.
