@@ -77,7 +77,8 @@ class Api:
             return json_reply(200, {"status": "ok"})
         health = self.store_health()
         if health.failing:
-            failing = {"status": "failing", "store": "failing", "error": health.last_error}
+            state = health.failed_state
+            failing = {"status": "failing", "store": state, "error": health.last_error}
             return json_reply(503, failing)
         return json_reply(200, {"status": "ok", "store": "ok"})
 
