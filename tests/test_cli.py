@@ -267,6 +267,8 @@ SERVE_VARIABLES = {
     "--data-dir": "LOGATRON_DATA_DIR",
     "--flush-interval": "LOGATRON_FLUSH_INTERVAL",
     "--fsync": "LOGATRON_FSYNC",
+    "--store": "LOGATRON_STORE",
+    "--lease-seconds": "LOGATRON_LEASE_SECONDS",
     "--token": "LOGATRON_TOKEN",
 }
 CONSUMER_VARIABLES = {

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, TextIO, TypeVar, get_args
 
 import anyio
 import anyio.abc
@@ -31,10 +31,18 @@ from logatron_core import (
     DEFAULT_RETENTION_SECONDS,
     MAX_LINE_BYTES,
     Registry,
+    RemoteRegistry,
 )
 
 from .. import HttpServer, LogatronServer
 from .._durable import DEFAULT_FLUSH_INTERVAL, DataDirError, DurableStore
+from .._redis_codec import (
+    DEFAULT_LEASE_SECONDS,
+    StoreUnavailable,
+    StoreUrlError,
+    parse_store_url,
+    redact,
+)
 from .common import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -51,6 +59,9 @@ from .common import (
     token_option,
     until_signal,
 )
+
+if TYPE_CHECKING:
+    from .._redis import RedisStore
 
 __all__ = ["Fsync", "LogFormat", "ServeConfig", "Servers", "build_servers", "run", "serve"]
 
@@ -78,16 +89,20 @@ class ServeConfig:
     data_dir: str | None = None
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
     fsync: Fsync = "normal"
+    store: str = field(default="memory", repr=False)  # logged without its password
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
     token: str | None = field(default=None, repr=False)  # never logged
 
 
 @dataclass(frozen=True, slots=True)
 class Servers:
-    """What ``serve`` runs: the TCP server, the HTTP server, the durable store (if any)."""
+    """What ``serve`` runs: the TCP server, the HTTP server, the durable store or the shared
+    store (if any)."""
 
     tcp: LogatronServer
     http: HttpServer | None
     durable: DurableStore | None
+    shared: RedisStore | None = None
 
 
 _DEFAULT = ServeConfig()
@@ -95,8 +110,9 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def build_servers(config: ServeConfig) -> Servers:
-    """The servers over one new registry (read back from ``data_dir`` when given): the one
-    place that constructs them. Raises DataDirError when the data directory cannot be used."""
+    """The servers over one new registry (read back from ``data_dir`` when given, a mirror of
+    the shared store with ``store``): the one place that constructs them. Raises DataDirError
+    when the data directory cannot be used, StoreUrlError for a ``store`` that names none."""
     options: dict[str, int | float] = {
         "buffer_size": config.buffer_size,
         "max_clients": config.max_clients,
@@ -104,8 +120,14 @@ def build_servers(config: ServeConfig) -> Servers:
         "retention_seconds": config.retention_seconds,
         "max_retained": config.max_retained,
     }
-    durable = None
-    if config.data_dir is None:
+    durable = shared = None
+    if parse_store_url(config.store) is not None:
+        from .._redis import RedisStore  # coredis is imported only when it is used
+
+        remote = RemoteRegistry(**options)  # type: ignore[arg-type]
+        shared = RedisStore(config.store, remote, lease_seconds=config.lease_seconds)
+        registry: Registry = remote
+    elif config.data_dir is None:
         registry = Registry(**options)  # type: ignore[arg-type]
     else:
         durable = DurableStore.open(
@@ -120,15 +142,16 @@ def build_servers(config: ServeConfig) -> Servers:
         config.port,
         registry=registry,
         max_line_bytes=config.max_line_bytes,
-        store_driver=durable,
+        store_driver=durable or shared,
     )
     http = None
     if not config.no_http:
-        health = None if durable is None else (lambda: durable.health)
+        store = durable or shared
+        health = None if store is None else (lambda: store.health)
         http = HttpServer(
             registry, config.host, config.http_port, token=config.token, store_health=health
         )
-    return Servers(tcp, http, durable)
+    return Servers(tcp, http, durable, shared)
 
 
 def run(config: ServeConfig) -> int:
@@ -143,6 +166,7 @@ def run(config: ServeConfig) -> int:
     try:
         settings = asdict(config)
         del settings["token"]
+        settings["store"] = redact(config.store)
         log.getChild("server").info(
             "starting on %s with %s",
             config.backend,
@@ -151,14 +175,14 @@ def run(config: ServeConfig) -> int:
         )
         try:
             servers = build_servers(config)
-        except DataDirError as error:
+        except (DataDirError, StoreUrlError) as error:
             say_error(str(error))
             return 1
         anyio.run(
             until_signal, functools.partial(_serve, servers), _stopping, backend=config.backend
         )
-    except (_CannotListen, ExceptionGroup) as raised:
-        cannot = only(raised, _CannotListen)
+    except (_CannotListen, StoreUnavailable, ExceptionGroup) as raised:
+        cannot = only(raised, _CannotListen) or only(raised, StoreUnavailable)
         if cannot is None:
             raise
         say_error(str(cannot))
@@ -236,16 +260,20 @@ async def _listen(
 async def _serve(servers: Servers) -> None:
     """Serve until cancelled; with a durable store, its last batch is written once the servers
     have closed every connection."""
-    durable = servers.durable
+    durable, shared = servers.durable, servers.shared
     async with anyio.create_task_group() as tg:
         if durable is not None:
             await tg.start(durable.run)
+        if shared is not None:
+            await tg.start(shared.run)  # raises StoreUnavailable: nothing listens then
         try:
             await _serve_ports(servers.tcp, servers.http)
         finally:
-            if durable is not None:
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
+                if durable is not None:
                     await durable.flush()
+                if shared is not None:
+                    await shared.stop()
             tg.cancel_scope.cancel()
 
 
@@ -326,9 +354,25 @@ def _limit(flag: str, envvar: str, minimum: int, metavar: str, help: str) -> Cal
     help="with --data-dir: normal survives a crash of the server; always also a power loss "
     "(each write waits for the disk)",
 )
+@_setting(
+    "--store",
+    "LOGATRON_STORE",
+    metavar="URL",
+    help="memory (in this process), or redis://[user:password@]host:port/db (rediss:// for "
+    "TLS): one store in Redis shared by every front end given the same URL",
+)
+@_setting(
+    "--lease-seconds",
+    "LOGATRON_LEASE_SECONDS",
+    type=Number(min=0.1),
+    metavar="SECONDS",
+    help="with --store redis://: how long the names of a front end that died stay taken",
+)
 @token_option("bearer token every HTTP route but /healthz then requires")
 @click.pass_context
 def serve(ctx: click.Context, /, **settings: Any) -> None:
     """Run the server until Ctrl-C or SIGTERM. Each flag can also be given as the environment
     variable shown; the flag wins."""
+    if settings["store"] != "memory" and settings["data_dir"] is not None:
+        raise click.UsageError("--data-dir keeps the memory store on disk: not with --store")
     ctx.exit(run(ServeConfig(**settings)))
