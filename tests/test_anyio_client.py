@@ -53,8 +53,8 @@ async def test_log_set_and_ping_arrive() -> None:
             assert client.errors == []
             assert server.registry.client("bob").connected
         log = [entry.message for entry in server.registry.log("bob")]
-        # Each line of a message is its own entry; the protocol trims every message.
-        assert log == ["hello", "a traceback", "line two", "another"]
+        # Each line of a message is its own entry, its indentation kept.
+        assert log == ["hello", "a traceback", "  line two", "another"]
         assert server.registry.state("bob") == {"mood": "fine, thanks"}
 
 

@@ -189,6 +189,56 @@ def test_text_log_format(tmp_path: Path) -> None:
     assert "ERR unknown-command" in text
 
 
+def test_the_startup_lines_come_first(tmp_path: Path) -> None:
+    """As text, the server's log says nothing the startup lines on stdout say already: the
+    startup lines are the first thing a person sees."""
+    with serve(tmp_path, "--port", "0", "--http-port", "0") as served:
+        assert served.log.read_text() == ""  # read once both startup lines were printed
+        assert served.stop() == 0
+    (line,) = served.log.read_text().splitlines()
+    assert line.endswith(" logatron INFO stopping on SIGTERM")
+
+
+def test_the_http_line_is_a_url_a_browser_can_open() -> None:
+    assert cli_serve.http_url(("127.0.0.1", 2213)) == "http://127.0.0.1:2213/"
+    assert cli_serve.http_url(("0.0.0.0", 2213)) == "http://127.0.0.1:2213/"
+    assert cli_serve.http_url(("::", 80)) == "http://[::1]:80/"
+    assert cli_serve.http_url(("::1", 80)) == "http://[::1]:80/"
+    assert cli_serve.http_url(("example.com", 1)) == "http://example.com:1/"
+
+
+def without_trio(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``logatron ARGS`` in a subprocess where trio cannot be imported (a wheel without it)."""
+    program = "import sys; sys.modules['trio'] = None; from logatron_anyio.cli import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", program, *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "where"),
+    [
+        (["serve", "--backend", "trio", "--port", "0", "--no-http"], {}, "'--backend'"),
+        (["clients", "--backend", "trio"], {}, "'--backend'"),
+        (["serve"], {"LOGATRON_BACKEND": "trio"}, "environment variable LOGATRON_BACKEND"),
+    ],
+)
+def test_trio_missing_is_a_usage_error_that_says_what_to_install(
+    args: list[str], env: dict[str, str], where: str
+) -> None:
+    result = without_trio(*args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: Invalid value for {where}: trio is not installed: pip install 'logatron[trio]'"
+    )
+    assert "Traceback" not in result.stderr
+
+
 def test_serve_on_a_busy_port_exits_1(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
@@ -199,8 +249,9 @@ def test_serve_on_a_busy_port_exits_1(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert result.stdout == b""
-    last = result.stderr.decode().splitlines()[-1]  # after the log's "starting" record
-    assert last.startswith(f"logatron: cannot listen on 127.0.0.1:{port}: ")
+    assert result.stderr.decode() == (
+        f"logatron: cannot listen on 127.0.0.1:{port}: address already in use\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -366,9 +417,22 @@ def test_version_and_bare_logatron(capsys: pytest.CaptureFixture[str]) -> None:
         (["send", "bob"], {"LOGATRON_PORT": "-1"}, "LOGATRON_PORT: -1 is not in the range"),
         (["state"], {}, "Missing argument 'NAME'."),
         (["recent", "--limit", "0"], {}, "'--limit': 0 is not in the range x>=1."),
+        (["recent", "-n", "-1"], {}, "'-n' / '--lines': -1 is not in the range x>=0."),
+        (["recent", "-n", "2", "--limit", "2"], {}, "-n takes the newest lines, --limit the"),
+        (["tail", "-n", "x"], {}, "'-n' / '--lines': 'x' is not a valid integer."),
         (["tail", "--since", "x"], {}, "'--since': 'x' is not a valid integer."),
         (["clients"], {"LOGATRON_BACKEND": "curio"}, "LOGATRON_BACKEND: 'curio' is not one of"),
         (["clients", "--url", "ftp://x"], {}, "'--url': expected a URL like http://host:port"),
+        (
+            ["clients"],
+            {"LOGATRON_URL": "foo"},
+            "Invalid value for environment variable LOGATRON_URL: expected a URL like",
+        ),
+        (["serve", "--token", ""], {}, "'--token': a token cannot be empty"),
+        (["clients", "--token", "abc "], {}, "'--token': a token cannot start or end with"),
+        (["tail", "--token", " abc"], {}, "'--token': a token cannot start or end with"),
+        (["serve", "--token", "a\tb"], {}, "'--token': a token cannot hold control characters"),
+        (["serve"], {"LOGATRON_TOKEN": "x\n"}, "LOGATRON_TOKEN: a token cannot start or end"),
     ],
 )
 def test_usage_errors_are_worded_in_the_commands_usage(
@@ -540,17 +604,21 @@ def test_serve_on_a_busy_http_port_exits_1(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert result.stdout == b""
-    last = result.stderr.decode().splitlines()[-1]
-    assert last.startswith(f"logatron: cannot listen for HTTP on 127.0.0.1:{port}: ")
+    assert result.stderr.decode() == (
+        f"logatron: cannot listen for HTTP on 127.0.0.1:{port}: address already in use\n"
+    )
 
 
 # -- send ----------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def server_in_thread() -> Iterator[tuple[LogatronServer, anyio.from_thread.BlockingPortal]]:
+def server_in_thread(
+    max_line_bytes: int = 65536,
+) -> Iterator[tuple[LogatronServer, anyio.from_thread.BlockingPortal]]:
     with anyio.from_thread.start_blocking_portal("asyncio") as portal:
-        server = LogatronServer(port=0, registry=Registry(max_state_keys=4))
+        registry = Registry(max_state_keys=4)
+        server = LogatronServer(port=0, registry=registry, max_line_bytes=max_line_bytes)
         future, _ = portal.start_task(server.serve)
         try:
             yield server, portal
@@ -621,6 +689,71 @@ def test_send_to_an_unreachable_server_exits_1() -> None:
         started = time.monotonic()
         result = send(port, "bob", stdin=b"hello\n")
     assert result.returncode == 1
-    error = result.stderr.decode()
-    assert error.count("\n") == 1 and error.startswith(f"logatron: cannot send to 127.0.0.1:{port}")
+    # In the consumer commands' words, not anyio's "All connection attempts failed".
+    assert (
+        result.stderr.decode() == f"logatron: cannot send to 127.0.0.1:{port}: connection refused\n"
+    )
     assert time.monotonic() - started < TIMEOUT
+
+
+def test_send_to_the_http_port_says_so_at_once(tmp_path: Path) -> None:
+    with serve(tmp_path, "--port", "0", "--http-port", "0") as served:
+        assert served.http_port is not None
+        started = time.monotonic()
+        result = send(served.http_port, "bob", stdin=b"hello\n")
+        took = time.monotonic() - started
+        assert served.stop() == 0
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"logatron: cannot send to 127.0.0.1:{served.http_port}: unexpected reply from the"
+        " server: 'HTTP/1.1 400 Bad Request' (an HTTP port: clients send to the TCP port, 2212"
+        " by default)\n"
+    )
+    assert took < TIMEOUT / 2  # not after the connect timeout: the answer came at once
+
+
+def test_send_exits_2_and_prints_what_the_server_refused() -> None:
+    with server_in_thread(max_line_bytes=100) as (server, portal):
+        keys = [f"--set=k{index}=v" for index in range(5)]  # the server keeps 4
+        result = send(server.port, "bob", *keys, stdin=b"short\n" + b"x" * 150 + b"\nlast\n")
+        info = portal.call(server.registry.client, "bob")
+    assert result.returncode == 2
+    assert result.stdout == b""
+    assert result.stderr.decode().splitlines() == [
+        "logatron: ERR too-many-keys bob holds its limit of 4 keys",
+        "logatron: ERR line-too-long line longer than 100 bytes, kept cut to the limit",
+    ]
+    # What the server took is stored all the same.
+    assert [(entry.message, entry.truncated) for entry in info.log] == [
+        ("short", False),
+        ("x" * 96, True),  # the line, "LOG " included, is cut at 100 bytes
+        ("last", False),
+    ]
+    assert info.state == {f"k{index}": "v" for index in range(4)}
+
+
+def test_ctrl_c_stops_an_interactive_send_at_once() -> None:
+    """Ctrl-C while send waits for stdin: no traceback, exit 130, and stdin is left alone (no
+    thread still blocked reading it, that would take the next line typed)."""
+    with server_in_thread() as (server, portal):
+        with subprocess.Popen(
+            [*COMMAND, "send", "bob", "--port", str(server.port)],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as process:
+            assert process.stdin is not None
+            process.stdin.write(b"typed\n")
+            process.stdin.flush()
+
+            def arrived() -> bool:
+                names = portal.call(server.registry.names)
+                return "bob" in names and len(portal.call(server.registry.log, "bob")) == 1
+
+            deadline = time.monotonic() + TIMEOUT
+            while not arrived():
+                assert time.monotonic() < deadline, "the typed line never arrived"
+                time.sleep(0.01)
+            process.send_signal(signal.SIGINT)
+            assert process.wait(TIMEOUT) == 128 + signal.SIGINT  # stdin still open
+            assert process.stderr is not None
+            assert process.stderr.read() == b""

@@ -27,7 +27,7 @@ import pytest
 from logatron_anyio import Current, Gap, HttpServer, Lagged, LogatronServer
 from logatron_anyio.cli import main
 from logatron_anyio.cli.render import Output, TailPrinter
-from logatron_core import ClientClosed, LogEntry, Registry
+from logatron_core import ClientClosed, ClientReady, LogEntry, Registry
 from test_cli import COMMAND, TIMEOUT, Lines, talk
 
 # A fixed zone, 5:30 east of UTC (POSIX spells it "-05:30"): the commands print local times.
@@ -195,6 +195,33 @@ def test_recent_human_json_and_options() -> None:
     assert [json.loads(line)["seq"] for line in limited.stdout.splitlines()] == [2, 3]
 
 
+def test_recent_n_gives_the_newest_lines() -> None:
+    with servers() as served:
+        talk(served.tcp_port, b"IAM bob\nLOG b1\nLOG b2\nLOG b3\nPING\n")
+        talk(served.tcp_port, b"IAM ann\nLOG a4\nPING\n")
+        results = {
+            args: run("recent", *args, "--url", served.url, "--json")
+            for args in (
+                ("-n", "2"),
+                ("--lines", "2", "bob"),
+                ("-n", "5", "--since", "2"),
+                ("-n", "0"),
+                ("--limit", "2"),  # the oldest, paging forward
+            )
+        }
+    seqs = {}
+    for args, result in results.items():
+        assert (result.returncode, result.stderr) == (0, ""), args
+        seqs[args] = [json.loads(line)["seq"] for line in result.stdout.splitlines()]
+    assert seqs == {
+        ("-n", "2"): [3, 4],
+        ("--lines", "2", "bob"): [2, 3],
+        ("-n", "5", "--since", "2"): [3, 4],
+        ("-n", "0"): [],
+        ("--limit", "2"): [1, 2],
+    }
+
+
 def test_output_never_fails_to_encode() -> None:
     with servers() as served:
         talk(served.tcp_port, "IAM bob\nLOG café ☕\nPING\n".encode())
@@ -310,7 +337,7 @@ def test_tail_prints_backlog_then_live_lines_and_stops_on_sigterm(backend: str) 
             assert re.fullmatch(rf"{TIME}  carol\s+\* disconnected", out.next())
             assert stop(process) == 0
             assert out.rest() == ""
-            assert err.rest() == ""
+            assert err.rest() == "-- live --\n"  # after the backlog
 
 
 def test_tail_json_one_client_since_and_ctrl_c() -> None:
@@ -338,6 +365,27 @@ def test_tail_json_one_client_since_and_ctrl_c() -> None:
             assert stop(process, signal.SIGINT) == 0
 
 
+def test_tail_starts_with_the_newest_10_lines_as_tail_f_does() -> None:
+    with servers() as served:
+        talk(
+            served.tcp_port, b"IAM bob\n" + b"".join(b"LOG %d\n" % i for i in range(12)) + b"PING\n"
+        )
+        # The newest N of a buffer that grows by one line ("now") each round.
+        for args, count in (((), 10), (("-n", "2"), 2), (("--since", "0"), None), (("-n", "0"), 0)):
+            with tail(*args, "--json", "--url", served.url) as (process, out, _):
+                messages = [json.loads(out.next())]
+                while messages[-1]["type"] != "current":
+                    messages.append(json.loads(out.next()))
+                last = messages[-1]["last_seq"]
+                first = 1 if count is None else last - count + 1
+                assert [message["seq"] for message in messages[:-1]] == list(range(first, last + 1))
+                talk(served.tcp_port, b"IAM live\nLOG now\nPING\n")
+                while (message := json.loads(out.next()))["type"] != "log":
+                    pass
+                assert message["message"] == "now"
+                assert stop(process) == 0
+
+
 def test_tail_reports_evicted_lines_on_stderr() -> None:
     with servers(buffer_size=2) as served:
         talk(served.tcp_port, b"IAM bob\nLOG 1\nLOG 2\nLOG 3\nLOG 4\nLOG 5\nPING\n")
@@ -363,6 +411,8 @@ def test_tail_reconnects_after_the_server_restarts() -> None:
             first.cancel()  # the tail gets a 1001 close and reconnects, with backoff
             with contextlib.suppress(concurrent.futures.CancelledError):
                 first.result(TIMEOUT)
+            # Said at once, not only once the server is back.
+            assert err.next() == "-- server unreachable, retrying every 2 s --"
             talk(served.tcp_port, b"IAM bob\nLOG while away\nPING\n")
             again = HttpServer(served.registry, port=http.port)
             second, _ = served.portal.start_task(again.serve)
@@ -374,28 +424,81 @@ def test_tail_reconnects_after_the_server_restarts() -> None:
             assert stop(process) == 0
 
 
+def test_tail_of_a_client_not_connected_says_it_waits() -> None:
+    with servers() as served:
+        talk(served.tcp_port, b"IAM gone\nLOG was here\nPING\n")
+        with tail("nobody", "--url", served.url) as (process, out, err):
+            assert err.next() == "-- live --"
+            assert err.next() == "-- waiting for nobody to connect --"
+            with connected(served.tcp_port, "nobody", b"LOG at last\n"):
+                assert re.fullmatch(rf"{TIME}  nobody\s+\* connected", out.next())
+                assert re.fullmatch(rf"{TIME}  nobody\s+#2  at last", out.next())
+            assert stop(process) == 0
+        with tail("gone", "--json", "--url", served.url) as (process, out, err):
+            assert json.loads(out.next())["message"] == "was here"
+            assert json.loads(out.next())["type"] == "current"
+            assert err.next() == "-- waiting for gone to connect --"  # stdout stays JSON
+            assert stop(process) == 0
+
+
+def test_a_non_ascii_token_works() -> None:
+    token = "sécrèt-☕"
+    with servers(token=token) as served:
+        talk(served.tcp_port, b"IAM bob\nLOG hi\nPING\n")
+        result = run("recent", "--url", served.url, "--token", token)
+        with tail("--json", "--url", served.url, LOGATRON_TOKEN=token) as (process, out, _):
+            assert json.loads(out.next())["message"] == "hi"
+            assert stop(process) == 0
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.endswith("  bob  #1  hi\n")
+
+
+def test_clients_fits_the_terminals_width() -> None:
+    with servers() as served:
+        state = b"".join(b"SET key%d %s\n" % (index, b"v" * 20) for index in range(5))
+        with connected(served.tcp_port, "bob", state):
+            narrow = run("clients", "--url", served.url, COLUMNS="70")
+            wide = run("clients", "--url", served.url, COLUMNS="300")
+            piped = run("clients", "--url", served.url)
+    for result in (narrow, wide, piped):
+        assert result.returncode == 0, result.stderr
+    header, row = narrow.stdout.splitlines()
+    assert len(row) == 70 and row.endswith("…")
+    assert row[header.index("STATE") :].startswith("key0=vvvv")
+    summary = " ".join(f"key{index}={'v' * 20}" for index in range(5))
+    assert wide.stdout.splitlines()[1].endswith(summary)
+    # Not a terminal: the summary is cut at a fixed length, as before.
+    assert len(piped.stdout.splitlines()[1][header.index("STATE") :]) == 60
+
+
 class Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
 
 
 @pytest.mark.parametrize("stdout", [io.StringIO(), Terminal()])
-def test_tail_printer_notices_and_the_live_separator(stdout: io.StringIO) -> None:
+def test_tail_printer_notices(stdout: io.StringIO) -> None:
     stderr = io.StringIO()
-    printer = TailPrinter(Output(stdout, stderr))
+    printer = TailPrinter(Output(stdout, stderr), name="a-rather-long-name", connected=False)
     for event in (
         Gap(2),
         LogEntry("a-rather-long-name", 12345, 0.0, "\r\x07bell\u2028", truncated=True),
         Current(12345),
         Lagged(7),
+        ClientReady("a-rather-long-name", 0.0),
         ClientClosed("a-rather-long-name", 0.0),
+        Current(12345),  # after a reconnect
     ):
         printer.event(event)
     assert stderr.getvalue().splitlines() == [
         "-- 2 lines missed (evicted) --",
+        "-- live --",
+        "-- waiting for a-rather-long-name to connect --",
         "-- 7 lines missed (this tail fell behind) --",
+        "-- live --",
+        "-- waiting for a-rather-long-name to connect --",
     ]
-    entry, *live, closed = stdout.getvalue().splitlines()
+    entry, connected, closed = stdout.getvalue().splitlines()  # the same on a terminal
     assert entry.endswith("  a-rather-long-name  #12345  \\x0d\\x07bell\\u2028 [truncated]")
-    assert live == (["\x1b[2m-- live --\x1b[0m"] if stdout.isatty() else [])
+    assert connected.endswith("  a-rather-long-name          * connected")
     assert closed.endswith("  a-rather-long-name          * disconnected")

@@ -50,8 +50,9 @@ def test_what_a_client_sends_the_server_parses_back(
     for event in sent:
         if isinstance(event, Log):
             lines = event.messages[0].replace("\r\n", "\n").split("\n")
-            # a "\r" that ends a line goes out just before the newline, and is dropped there
-            expected.extend(Log((line.removesuffix("\r").strip(TRIM),)) for line in lines)
+            # a "\r" that ends a line goes out just before the newline, and is dropped there;
+            # a message keeps its leading whitespace
+            expected.extend(Log((line.removesuffix("\r").rstrip(TRIM),)) for line in lines)
         elif isinstance(event, SetState):
             expected.append(SetState(event.key, event.value.strip(TRIM)))
         else:

@@ -92,7 +92,7 @@ def test_protocol_round_up() -> None:
     assert events_of(data) == [
         Identify("bob"),
         Log(("hello",)),
-        Log(("two words",)),
+        Log((" two words",)),
         Log(("",)),
         SetState("k", "v w"),
         SetState("k", ""),
@@ -100,6 +100,24 @@ def test_protocol_round_up() -> None:
         Ping(""),
         ConnectionClosed(),
     ]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"LOG x", "x"),
+        (b"LOG     ~~~~^~~~", "    ~~~~^~~~"),  # a traceback's caret line, as printed
+        (b"LOG\t\tindented by a tab", "\tindented by a tab"),
+        (b"LOG  x \t ", " x"),  # trailing whitespace is trimmed
+        (b"LOG    ", ""),
+        (b"LOG", ""),
+        (b" LOG  x", " x"),  # whitespace before the command is skipped
+    ],
+)
+def test_a_log_message_is_everything_after_one_separator(line: bytes, message: str) -> None:
+    for block in (line + b"\n", b"LOG a\n" + line + b"\n"):  # line by line, and in a block
+        events = events_of(b"IAM x\n" + block)
+        assert events[-2] == Log((message,)), block
 
 
 def test_consecutive_log_lines_arrive_as_one_event() -> None:

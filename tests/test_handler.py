@@ -5,6 +5,7 @@ import logging.config
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -72,22 +73,25 @@ def test_records_arrive_and_are_confirmed() -> None:
             assert stats.connected and stats.connections == 1
 
 
-def test_a_traceback_arrives_as_consecutive_entries() -> None:
+def test_a_traceback_arrives_as_consecutive_entries_as_printed() -> None:
     with server_on(0) as server:
         handler = LogatronHandler("tb", port=server.port, **FAST)
         with attached(handler) as logger:
             logger.info("before")
+            values = {"zero": 0}
             try:
-                raise ValueError("bad value")
-            except ValueError:
+                print(1 + values["one"] // values["zero"])
+            except KeyError:
+                printed = traceback.format_exc()
                 logger.exception("it failed")
             logger.info("after")
             handler.flush()
         log = server.registry.log("tb")
         texts = [entry.message for entry in log]
-        assert texts[:3] == ["before", "it failed", "Traceback (most recent call last):"]
-        assert texts[-2:] == ["ValueError: bad value", "after"]
-        assert any(text.startswith("File ") for text in texts)
+        # Every line as printed, indentation and the caret line under the expression included.
+        assert texts == ["before", "it failed", *printed.rstrip("\n").split("\n"), "after"]
+        assert any(text.startswith("  File ") for text in texts)
+        assert any(text.strip() and not text.strip("~^ ") for text in texts)  # carets
         assert [entry.seq for entry in log] == list(range(log[0].seq, log[0].seq + len(log)))
 
 

@@ -28,18 +28,21 @@ from wsproto.events import (
 
 from logatron_anyio import (
     Consumer,
+    ConsumerError,
     Current,
     Gap,
     HttpServer,
     LogatronServer,
     NotFound,
+    TailEvent,
     TailOptions,
     Unauthorized,
+    Unreachable,
 )
 from logatron_anyio._http import HttpConnection
 from logatron_anyio._messages import client_json
 from logatron_anyio._routes import ApiRequest, Reply, Route
-from logatron_core import LogEntry, Registry
+from logatron_core import Registry
 
 pytestmark = pytest.mark.anyio
 
@@ -237,6 +240,40 @@ async def test_every_route_answers_json() -> None:
         assert b"<title>Logatron</title>" in page and b"/api/tail" in page
 
 
+async def test_tail_n_gives_the_newest_entries() -> None:
+    """``?tail=N``: the newest N of what ``since`` and ``client`` select, oldest first; a run
+    of lines that arrived together is cut where N ends."""
+    async with serving() as servers, tcp_client(servers, "bob") as bob:
+        await bob.send(b"LOG b1\nLOG b2\nLOG b3\n")  # one run: seqs 1-3
+        await ping(bob)
+        async with tcp_client(servers, "ann") as ann:
+            await ann.send(b"LOG a4\n")
+            await ping(ann)
+        await bob.send(b"LOG b5\nLOG b6\n")
+        await ping(bob)
+        port = servers.http_port
+
+        async def seqs(path: str) -> list[int]:
+            status, body = await get_json(port, path)
+            assert status == 200, body
+            assert body["last_seq"] == 6
+            return [entry["seq"] for entry in body["entries"]]
+
+        assert await seqs("/api/recent?tail=4") == [3, 4, 5, 6]
+        assert await seqs("/api/recent?tail=100") == [1, 2, 3, 4, 5, 6]
+        assert await seqs("/api/recent?tail=0") == []
+        assert await seqs("/api/recent?tail=2&since=5") == [6]
+        assert await seqs("/api/recent?tail=2&client=ann") == [4]
+        assert await seqs("/api/clients/bob/log?tail=3") == [3, 5, 6]
+        assert await seqs("/api/clients/bob/log?tail=2&since=1") == [5, 6]
+        assert await seqs("/api/recent?limit=2") == [1, 2]  # the oldest, paging forward
+        _, body = await get_json(port, "/api/clients/bob/log?tail=1")
+        assert body["entries"] == [
+            {"client": "bob", "seq": 6, "timestamp": body["entries"][0]["timestamp"],
+             "message": "b6", "truncated": False}
+        ]  # fmt: skip
+
+
 async def test_metrics_use_the_prometheus_text_format() -> None:
     async with serving() as servers, tcp_client(servers, "m") as client:
         await client.send(b"LOG x\nBOGUS\n")
@@ -273,6 +310,10 @@ async def test_keep_alive_serves_several_requests_on_one_connection() -> None:
 @pytest.mark.parametrize(
     ("path", "status", "code"),
     [
+        ("/api/recent?tail=-1", 400, "bad-request"),
+        ("/api/recent?tail=x", 400, "bad-request"),
+        ("/api/recent?tail=2&limit=2", 400, "bad-request"),
+        ("/api/clients/ghost/log?tail=2", 404, "no-such-client"),
         ("/api/clients/ghost", 404, "no-such-client"),
         ("/api/clients/ghost/log", 404, "no-such-client"),
         ("/api/clients/ghost/state", 404, "no-such-client"),
@@ -434,7 +475,6 @@ async def test_an_unexpected_error_gets_a_json_500_and_the_server_goes_on(
 # -- auth ----------------------------------------------------------------------------------------
 
 PROTECTED = {
-    "/": 200,
     "/metrics": 200,
     "/api/clients": 200,
     "/api/clients/a": 200,
@@ -459,6 +499,15 @@ async def test_every_route_but_healthz_needs_the_token(path: str, allowed: int) 
         status, _, _ = await get(port, path + "?token=s3cret")
         assert status == allowed
         assert (await get(port, "/healthz"))[0] == 200
+
+
+async def test_the_status_page_shell_needs_no_token() -> None:
+    """The page itself holds no data; it asks for the token (the API it reads needs one)."""
+    async with serving(token="s3cret") as servers:
+        status, headers, page = await get(servers.http_port, "/")
+        assert status == 200 and headers["content-type"].startswith("text/html")
+        assert b"?token=" in page
+        assert (await get(servers.http_port, "/api/clients"))[0] == 401
 
 
 async def test_tail_websocket_needs_the_token_too() -> None:
@@ -552,6 +601,33 @@ async def test_gap_says_how_many_entries_were_evicted() -> None:
             messages = await tail.messages_until_current()
     assert messages[0] == {"type": "gap", "missed": 2}
     assert [m.get("seq") for m in messages[1:]] == [4, 5, None]
+
+
+@pytest.mark.parametrize(
+    ("query", "gap", "seqs"),
+    [
+        ("tail=1", None, [5]),
+        ("tail=0", None, []),
+        ("tail=3&since=1", 1, [4, 5]),  # of the newest 3 after 1, seq 3 is gone
+        ("tail=2&since=1", None, [4, 5]),  # the newest 2 are all there
+        ("tail=9", None, [4, 5]),  # no cursor: nothing is said missed
+    ],
+)
+async def test_tail_n_starts_the_tail_with_the_newest_entries(
+    query: str, gap: int | None, seqs: list[int]
+) -> None:
+    async with serving(Registry(buffer_size=2)) as servers, tcp_client(servers, "g") as g:
+        await g.send(b"LOG 1\nLOG 2\nLOG 3\nLOG 4\nLOG 5\n")
+        await ping(g)
+        async with RawTail.open(servers.http_port, f"/api/tail?{query}") as tail:
+            messages = await tail.messages_until_current()
+            await g.send(b"LOG 6\n")
+            live = await tail.next_message()
+    expected_gap = [] if gap is None else [{"type": "gap", "missed": gap}]
+    assert messages[: len(expected_gap)] == expected_gap
+    assert [m["seq"] for m in messages[len(expected_gap) : -1]] == seqs
+    assert messages[-1] == {"type": "current", "last_seq": 5}
+    assert live["seq"] == 6
 
 
 async def test_tail_rejects_bad_cursor_and_bad_client() -> None:
@@ -652,40 +728,51 @@ async def test_consumer_queries_and_distinct_errors() -> None:
             await consumer.state("ghost")
 
 
-async def test_consumer_tail_resumes_without_loss_or_repeat_after_a_drop() -> None:
+@pytest.mark.parametrize(("since", "newest", "backlog"), [(0, None, [1, 2, 3]), (None, 1, [3])])
+async def test_consumer_tail_resumes_without_loss_or_repeat_after_a_drop(
+    since: int | None, newest: int | None, backlog: list[int]
+) -> None:
+    """The backlog asked for (after ``since``, or the ``newest``), then, after a reconnect,
+    every line after the last one seen, however many."""
     registry = Registry(buffer_size=1000)
     async with serving(registry) as servers, tcp_client(servers, "r") as r:
-        await r.send(b"LOG before\n")
+        await r.send(b"LOG 1\nLOG 2\nLOG 3\n")
         await ping(r)
-        seen: list[LogEntry] = []
-        connects = 0
+        consumer = Consumer(servers.url)
+        assert [e.seq for e in await consumer.recent(newest=2)] == [2, 3]
+        assert [e.seq for e in await consumer.recent("r", since=2, newest=5)] == [3]
+        seen: list[TailEvent] = []
+        connects: list[None] = []
+        retried: list[ConsumerError | None] = []
 
-        def on_connect() -> None:
-            nonlocal connects
-            connects += 1
+        async def until_current() -> None:
+            with anyio.fail_after(TIMEOUT):
+                async for event in events:
+                    seen.append(event)
+                    if isinstance(event, Current):
+                        return
 
         async with http_only(registry) as http:
             port = http.port
             consumer = Consumer(f"http://127.0.0.1:{port}", timeout=2)
-            events = consumer.tail(since=0, on_connect=on_connect, max_backoff=0.2)
-            async for event in events:  # closed at the end of the test
-                if isinstance(event, LogEntry):
-                    seen.append(event)
-                if isinstance(event, Current):
-                    break
+            events = consumer.tail(
+                since=since,
+                newest=newest,
+                on_connect=lambda: connects.append(None),
+                on_retry=retried.append,
+                max_backoff=0.2,
+            )
+            await until_current()
         # The server went away (the tail was closed); lines arrive while it is down.
-        await r.send(b"LOG during 1\nLOG during 2\n")
+        await r.send(b"LOG 4\nLOG 5\n")
         await ping(r)
         async with http_only(registry, port):
-            with anyio.fail_after(TIMEOUT):
-                async for event in events:
-                    if isinstance(event, LogEntry):
-                        seen.append(event)
-                        if event.message == "during 2":
-                            break
+            await until_current()
             await events.aclose()
-    assert [e.message for e in seen] == ["before", "during 1", "during 2"]
-    assert connects == 2
+    assert [getattr(e, "seq", e) for e in seen] == [*backlog, Current(3), 4, 5, Current(5)]
+    assert len(connects) == 2
+    assert retried[0] is None  # the server closed (1001); then it may have been unreachable
+    assert all(isinstance(error, Unreachable) for error in retried[1:])
 
 
 async def test_consumer_tail_surfaces_a_gap() -> None:

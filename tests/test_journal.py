@@ -1,6 +1,6 @@
 """The journal's promise: rebuild(persist(any history)) gives back the registry that made it."""
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from logatron_core import (
@@ -68,6 +68,14 @@ operation = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(operation, max_size=60))
+@example(  # a client forgotten and connected again within a batch that then failed
+    [
+        *(("connect", name) for name in "abc"),
+        *(("close", name) for name in "bac"),
+        ("connect", "b"),
+        ("flush", False),
+    ]
+)
 def test_rebuild_of_what_was_persisted_equals_the_registry(ops: list[tuple[object, ...]]) -> None:
     store = MemoryStore()
     registry = Registry(

@@ -12,11 +12,11 @@ import io
 import os
 import re
 import shlex
-import socket
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +25,10 @@ import anyio
 import anyio.from_thread
 import pytest
 
+import logatron_anyio
 from logatron_anyio import HttpServer, LogatronServer
 from logatron_core import Registry
+from test_cli import Lines
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TIMEOUT = 20
@@ -78,7 +80,7 @@ def localise(code: str, running: Running) -> str:
 
 def test_readme_has_the_examples_this_file_runs() -> None:
     assert len(blocks("python")) == 6
-    assert "pip install -e '.[test]' && python -bb -m pytest" in README.read_text()
+    assert marked_block("test-command").strip() == "scripts/test"
     serve = marked_block("serve-command")
     assert "pip install ." in serve and serve.strip().endswith("logatron serve")
 
@@ -97,55 +99,146 @@ def test_python_example_runs(index: int, running: Running) -> None:
         assert running.read("registry.state('worker-1')") == {"phase": "build"}
 
 
-def run_command(line: str, running: Running) -> subprocess.CompletedProcess[str]:
-    """One `printf ... | logatron ...` line of the tour, with the test servers' addresses."""
-    stdin = ""
-    if "|" in line:
-        printf, line = (part.strip() for part in line.split("|", 1))
-        stdin = shlex.split(printf)[1].encode().decode("unicode_escape")
-    argv = shlex.split(line.split("#", 1)[0])
-    assert argv[0] == "logatron"
-    command = argv[1]
-    extra = ["--port", str(running.tcp_port)] if command == "send" else []
-    if command in ("clients", "state", "recent", "tail"):
-        extra = ["--url", f"http://127.0.0.1:{running.http_port}"]
-    argv = [sys.executable, "-m", "logatron_anyio", *argv[1:], *extra]
-    if command != "tail":
-        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as tail:
+TIME_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}")
+
+
+def indented_block(marker: str) -> list[str]:
+    """The lines of the indented block after ``<!-- marker -->``, dedented."""
+    after = README.read_text().split(f"<!-- {marker} -->\n", 1)[1]
+    block = re.match(r"(?:    .*\n|\n)+", after)
+    assert block is not None, f"no indented block after the {marker} marker"
+    return textwrap.dedent(block[0]).strip().splitlines()
+
+
+def shown_outputs(marker: str) -> dict[str, list[str]]:
+    """A ``$ command`` / output block: each command's lines, times as ``TIME``."""
+    outputs: dict[str, list[str]] = {}
+    for line in indented_block(marker):
+        if line.startswith("$ "):
+            command = line[2:]
+            outputs[command] = []
+        else:
+            outputs[command].append(TIME_RE.sub("TIME", line))
+    return outputs
+
+
+@dataclass
+class Shell:
+    """bash in a new directory whose ``.venv/bin/activate`` puts a ``logatron`` on PATH (the
+    command of this tree): PATH has none until the tour activates it, as in a new terminal."""
+
+    cwd: Path
+    env: dict[str, str]
+    activate: str
+
+    def command(self, line: str) -> list[str]:
+        return ["bash", "-c", f"set -e\n{self.activate}\n{line}"]
+
+
+def shell_for_the_tour(tmp_path: Path, running: Running, activate: str) -> Shell:
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "activate").write_text(f'PATH="{bin_dir}:$PATH"; export PATH\n')
+    logatron = bin_dir / "logatron"
+    logatron.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m logatron_anyio "$@"\n')
+    logatron.chmod(0o755)
+    dirs = os.environ["PATH"].split(os.pathsep)
+    path = os.pathsep.join(d for d in dirs if not shutil.which("logatron", path=d))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LOGATRON_")}
+    # The package this test imports, wherever the shell starts (PYTHONPATH may be relative).
+    source = str(Path(logatron_anyio.__file__).resolve().parent.parent)
+    env.update(
+        PATH=path,
+        PYTHONPATH=os.pathsep.join([source, *env.get("PYTHONPATH", "").split(os.pathsep)]),
+        LOGATRON_PORT=str(running.tcp_port),
+        LOGATRON_URL=f"http://127.0.0.1:{running.http_port}",
+    )
+    return Shell(tmp_path, env, activate)
+
+
+def run_line(shell: Shell, line: str) -> subprocess.CompletedProcess[str]:
+    """One line of the tour in bash; killed with its children if it outlasts TIMEOUT."""
+    with subprocess.Popen(
+        shell.command(line),
+        cwd=shell.cwd,
+        env=shell.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
         try:
-            assert tail.stdout is not None
-            first = tail.stdout.readline()  # the backlog's first line arrives at once
-        finally:
-            tail.terminate()
-            out, err = tail.communicate(timeout=TIMEOUT)
-    return subprocess.CompletedProcess(argv, tail.returncode, first + out, err)
+            out, err = process.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+            raise AssertionError(f"{line!r} did not end within {TIMEOUT} s: {err}") from None
+    return subprocess.CompletedProcess(line, process.returncode, out, err)
 
 
-def test_the_thirty_second_tour(running: Running) -> None:
-    lines = [line for line in marked_block("tour").splitlines() if line.strip()]
-    nc_line, *commands = lines
-    printf, nc = (part.strip() for part in nc_line.split("|"))
-    assert nc == "nc 127.0.0.1 2212"
-    with socket.create_connection(("127.0.0.1", running.tcp_port), timeout=TIMEOUT) as peer:
-        peer.sendall(shlex.split(printf)[1].encode().decode("unicode_escape").encode())
-    deadline = time.monotonic() + TIMEOUT
-    while running.read(
-        "[e.message for e in registry.log('bob')] if 'bob' in registry.names() else []"
-    ) != ["hello"]:
-        assert time.monotonic() < deadline, "bob's line never arrived"
-        time.sleep(0.05)
-    outputs = {}
-    for line in commands:
-        result = run_command(line, running)
-        assert result.returncode in (0, -15), (line, result.stderr)
-        outputs[line.split("#")[0].strip()] = result.stdout
+def test_the_thirty_second_tour_verbatim(running: Running, tmp_path: Path) -> None:
+    """The tour pasted as it is into a new terminal (the default ports replaced by the test
+    servers': LOGATRON_PORT and LOGATRON_URL for the commands, 2212 in the nc line) prints
+    what the README shows, times apart."""
+    assert shutil.which("nc.openbsd"), "the tour needs netcat-openbsd (scripts/test installs it)"
+    activate, nc_line, *commands = marked_block("tour").strip().splitlines()
+    assert activate.split("#")[0].strip() == ". .venv/bin/activate"
+    shell = shell_for_the_tour(tmp_path, running, activate)
+    assert run_line(Shell(tmp_path, shell.env, ""), "logatron --version").returncode == 127
+    result = run_line(shell, nc_line.replace("2212", str(running.tcp_port)))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    shown = shown_outputs("tour-output")
+    *once, follow = commands
+    got = {}
+    for line in once:
+        result = run_line(shell, line)
+        assert (result.returncode, result.stderr) == (0, ""), line
+        got[line] = [TIME_RE.sub("TIME", out) for out in result.stdout.splitlines()]
     assert running.read("[e.message for e in registry.log('worker-1')]") == ["step 1", "step 2"]
-    assert running.read("registry.state('worker-1')") == {"phase": "build"}
-    clients_output = outputs["logatron clients"]
-    assert "bob" in clients_output and "worker-1" in clients_output
-    assert "hello" in outputs["logatron recent"] and "step 2" in outputs["logatron recent"]
-    assert "hello" in outputs["logatron tail"]
+    assert running.read("registry.state('bob')") == {"mood": "happy"}
+    assert {command: got[command] for command in shown if command in got} == {
+        command: lines for command, lines in shown.items() if command in got
+    }
+    # tail runs until stopped: its lines, then the notice on stderr, then Ctrl-C.
+    command = follow.split("#")[0].strip()
+    expected = shown[command]
+    with subprocess.Popen(
+        shell.command(command),
+        cwd=tmp_path,
+        env=shell.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    ) as tail:
+        try:
+            out, err = Lines(tail.stdout), Lines(tail.stderr)
+            lines = [TIME_RE.sub("TIME", out.next()) for _ in expected[:-1]]
+            assert [*lines, err.next()] == expected
+        finally:
+            os.killpg(tail.pid, signal.SIGINT)
+            assert tail.wait(TIMEOUT) == 0
+
+
+def test_the_serve_output() -> None:
+    """What the quick start says serve prints is what it prints (with ports 0, the real ones)."""
+    shown = indented_block("serve-output")
+    with subprocess.Popen(
+        [sys.executable, "-m", "logatron_anyio", "serve", "--port", "0", "--http-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as server:
+        try:
+            out = Lines(server.stdout)
+            lines = [out.next() for _ in shown]
+        finally:
+            server.send_signal(signal.SIGINT)
+            assert server.wait(TIMEOUT) == 0
+        assert server.stderr is not None
+        assert b"Traceback" not in server.stderr.read()
+    assert [re.sub(r":\d+", ":PORT", line) for line in lines] == [
+        line.replace(":2212", ":PORT").replace(":2213", ":PORT") for line in shown
+    ]
+    assert indented_block("serve-output") == shown
 
 
 def test_the_usage_error_example() -> None:

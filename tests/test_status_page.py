@@ -272,7 +272,12 @@ def test_status_page_shows_clients_and_follows_them_live(
 
 def test_status_page_with_a_token(browser: Browser) -> None:
     with serving("asyncio", token="s3cret") as servers:
-        assert get(servers, "/")[0] == 401
+        assert get(servers, "/api/clients")[0] == 401
+        page = browser.new_page()
+        # Without the token the page itself loads, and says what it needs.
+        page.navigate(servers.url("/"))
+        hint = "this server needs ?token=<token> in the address"
+        wait_for_view(page, "the token hint", lambda v: v["status"] == hint)
         page = browser.new_page()
         with tcp_client(servers.tcp_port) as bob:
             bob.send(b"IAM bob\nSET mood happy\nLOG first line\nPING\n")

@@ -10,7 +10,7 @@ from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from logatron_anyio import Current, Gap, Lagged, TailEvent
-from logatron_anyio._consumer import _tail_event
+from logatron_anyio._decode import decode_tail_event
 from logatron_anyio._messages import (
     dumps,
     entry_json,
@@ -18,7 +18,7 @@ from logatron_anyio._messages import (
     tail_event_json,
     tail_payloads,
 )
-from logatron_anyio._tail import _text_frame
+from logatron_anyio._tail import _text_frame, newest_runs
 from logatron_core import ClientClosed, ClientReady, LogEntry, Logged, StateSet
 
 names = st.text(min_size=1, max_size=20)
@@ -63,7 +63,7 @@ tail_events: st.SearchStrategy[TailEvent] = st.one_of(
 
 @given(tail_events)
 def test_every_tail_message_decodes_to_its_event(event: TailEvent) -> None:
-    assert _tail_event(json.loads(dumps(tail_event_json(event)))) == event
+    assert decode_tail_event(json.loads(dumps(tail_event_json(event)))) == event
 
 
 @given(tail_events.filter(lambda event: not isinstance(event, LogEntry)))
@@ -99,3 +99,17 @@ def test_text_frames_of_every_length_class_decode() -> None:
         client.receive_data(_text_frame(payload))
         text = "".join(e.data for e in client.events() if isinstance(e, TextMessage))
         assert text.encode() == payload
+
+
+@given(st.lists(st.integers(1, 4), max_size=6), st.integers(0, 20))
+def test_newest_runs_are_the_newest_lines(sizes: list[int], count: int) -> None:
+    """``?tail=N``'s cut: the newest N lines, as runs (the oldest one kept may be cut)."""
+    runs, seq = [], 1
+    for index, size in enumerate(sizes):
+        messages = tuple(f"m{seq + i}" for i in range(size))
+        runs.append(Logged(f"c{index % 2}", seq, float(index), messages, index == 3))
+        seq += size
+    flat = [entry for run in runs for entry in run.entries()]
+    kept = newest_runs(runs, count)
+    assert [entry for run in kept for entry in run.entries()] == flat[max(0, len(flat) - count) :]
+    assert all(run.messages for run in kept)

@@ -5,9 +5,9 @@ Thin: every protocol decision lives in ``logatron_core``.
 """
 
 from ._client import ConnectionLost, LogatronClient, ServerRefused, connect
-from ._consumer import (
+from ._consumer import Consumer
+from ._decode import (
     BadResponse,
-    Consumer,
     ConsumerError,
     Current,
     Gap,

@@ -27,7 +27,7 @@ from ._messages import (
     state_json,
 )
 from ._routes import ApiRequest, HttpError, Reply, Route, Upgrade, json_reply
-from ._tail import TailOptions, run_tail
+from ._tail import TailOptions, newest_runs, run_tail
 
 __all__ = ["Api", "render_metrics"]
 
@@ -62,7 +62,7 @@ class Api:
         """The route table: method and path pattern → handler (see ``_routes``)."""
         return [
             Route("GET", "/healthz", self.healthz, public=True),
-            Route("GET", "/", self.status_page),
+            Route("GET", "/", self.status_page, public=True),  # a shell that asks for the token
             Route("GET", "/metrics", self.metrics),
             Route("GET", "/api/clients", self.clients),
             Route("GET", "/api/clients/{name}", self.client),
@@ -120,6 +120,7 @@ class Api:
             raise HttpError(426, "upgrade-required", "/api/tail is a WebSocket", upgrade)
         client = request.query.client()
         since = request.query.integer("since", 0)
+        newest = request.query.integer("tail", 0)
         registry, options = self.registry, self.tail_options
 
         async def serve(
@@ -133,19 +134,27 @@ class Api:
                 since=since,
                 options=options,
                 send_timeout=send_timeout,
+                newest=newest,
             )
 
         return Upgrade(serve)
 
     async def _entries(self, request: ApiRequest, client: str | None, *, named: bool) -> Reply:
         """``entries_payload`` of every client's (or one ``client``'s, ``named`` in the
-        answer if ``named``) entries for ``since``/``limit``: a snapshot of the registry's runs
-        (cheap), encoded with a checkpoint every ENCODE_CHUNK_LINES lines, so a large answer
-        never stalls ingest or the tails."""
+        answer if ``named``) entries for ``since`` and ``limit`` (the oldest N) or ``tail``
+        (the newest N): a snapshot of the registry's runs (cheap), encoded with a checkpoint
+        every ENCODE_CHUNK_LINES lines, so a large answer never stalls ingest or the tails."""
         since = request.query.integer("since", 0) or 0
         limit = request.query.integer("limit", 1)
+        newest = request.query.integer("tail", 0)
+        if limit is not None and newest is not None:
+            raise HttpError(
+                400, "bad-request", "give limit (the oldest N) or tail (the newest N), not both"
+            )
         snapshot = self.registry.snapshot(since, client)
         runs, last_seq = snapshot.runs, snapshot.last_seq
+        if newest is not None:
+            runs = newest_runs(runs, newest)
         entries: list[bytes] = []
         since_checkpoint = 0
         for run in runs:

@@ -130,7 +130,7 @@ class LogatronClient:
             connection.handle_replies()
         except RemoteProtocolError as error:
             self._lost = True
-            raise ConnectionLost(f"unexpected reply from the server: {error}") from None
+            raise ConnectionLost(str(error)) from None  # "unexpected reply from the server: ..."
         self._raise_if_gone()
 
 
@@ -154,7 +154,10 @@ async def connect(
         client = LogatronClient(name, stream)
         try:
             # IAM and PING in one write: a refusal is then always read before the server closes.
-            await client._ping(math.inf, client._connection.send(Identify(name)))
+            # The blank line between them (ignored by a Logatron server) ends the head of what
+            # an HTTP server takes for a request, so that one answers at once, and is told from
+            # a Logatron server, instead of waiting for the rest of its headers.
+            await client._ping(math.inf, client._connection.send(Identify(name)) + b"\n")
         except BaseException:
             await client.aclose()
             raise

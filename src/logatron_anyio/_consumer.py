@@ -8,14 +8,14 @@ server's ``Gap`` notice is passed on, never hidden.
 
 Errors are distinct: :class:`Unauthorized` (401), :class:`NotFound` (404), :class:`BadResponse`
 (any other failure status, or a reply that is not the API's JSON) and :class:`Unreachable`
-(no connection could be made). All derive from :class:`ConsumerError`.
+(no connection could be made). All derive from :class:`ConsumerError`; they and the decoding
+of the API's JSON are in ``_decode.py``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -37,31 +37,23 @@ from wsproto.events import (
 from wsproto.events import Request as WebSocketRequest
 from wsproto.utilities import RemoteProtocolError as WebSocketProtocolError
 
-from logatron_core import (
-    ClientClosed,
-    ClientExpired,
-    ClientInfo,
-    ClientReady,
-    LogatronError,
-    LogEntry,
-    StateSet,
+from logatron_core import ClientInfo, LogEntry
+
+from ._decode import (
+    BadResponse,
+    ConsumerError,
+    Current,
+    TailEvent,
+    Unreachable,
+    convert,
+    decode_client,
+    decode_entry,
+    decode_tail_event,
+    parse_json,
+    status_error,
 )
 
-from ._stream import Lagged
-
-__all__ = [
-    "BadResponse",
-    "Consumer",
-    "ConsumerError",
-    "Current",
-    "Gap",
-    "NotFound",
-    "TailEvent",
-    "TailStream",
-    "Unauthorized",
-    "Unreachable",
-    "sort_entries",
-]
+__all__ = ["Consumer", "TailStream"]
 
 # A reply larger than this is refused (BadResponse): the API's biggest, /api/recent over every
 # client's full buffer, stays far below it with the default limits.
@@ -69,126 +61,25 @@ MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 
 RECEIVE_BYTES = 64 * 1024
 
-
-class ConsumerError(LogatronError):
-    """Base of the consumer's errors."""
-
-
-class Unauthorized(ConsumerError):
-    """The server wants a (different) bearer token: HTTP 401."""
-
-
-class NotFound(ConsumerError):
-    """No such client (or route): HTTP 404."""
-
-
-class BadResponse(ConsumerError):
-    """The server answered with an unexpected status or something that is not the API's JSON."""
-
-
-class Unreachable(ConsumerError):
-    """No connection to the server could be made (refused, unknown host, timed out)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Current:
-    """The tail has sent the whole backlog; what follows is live. ``last_seq`` was the newest."""
-
-    last_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """``missed`` entries after the cursor were evicted before they could be sent."""
-
-    missed: int
-
-
-TailEvent = (
-    LogEntry | ClientReady | StateSet | ClientClosed | ClientExpired | Current | Gap | Lagged
-)
-
-
-def sort_entries(entries: Iterable[LogEntry]) -> list[LogEntry]:
-    """Entries ordered by timestamp, then ``seq`` (stable: equal keys keep their order)."""
-    return sorted(entries, key=lambda entry: (entry.timestamp, entry.seq))
-
-
-def _entry(data: dict[str, Any]) -> LogEntry:
-    return LogEntry(
-        str(data["client"]),
-        int(data["seq"]),
-        float(data["timestamp"]),
-        str(data["message"]),
-        bool(data.get("truncated", False)),
-    )
-
-
-def _client(data: dict[str, Any]) -> ClientInfo:
-    disconnected_at = data.get("disconnected_at")
-    return ClientInfo(
-        str(data["name"]),
-        bool(data["connected"]),
-        float(data["connected_at"]),
-        None if disconnected_at is None else float(disconnected_at),
-        {str(k): str(v) for k, v in data["state"].items()},
-        [_entry(entry) for entry in data.get("log", [])],
-        int(data["lines_received"]),
-        int(data["lines_evicted"]),
-        int(data["errors"]),
-    )
-
-
-def _tail_event(data: dict[str, Any]) -> TailEvent:
-    kind = data["type"]
-    if kind == "log":
-        return _entry(data)
-    if kind == "set":
-        return StateSet(data["client"], data["key"], data["value"], float(data["timestamp"]))
-    if kind == "ready":
-        return ClientReady(data["client"], float(data["timestamp"]))
-    if kind == "close":
-        return ClientClosed(data["client"], float(data["timestamp"]))
-    if kind == "expired":
-        return ClientExpired(data["client"], float(data["timestamp"]))
-    if kind == "current":
-        return Current(int(data["last_seq"]))
-    if kind == "gap":
-        return Gap(int(data["missed"]))
-    if kind == "lagged":
-        return Lagged(int(data["missed"]))
-    raise BadResponse(f"unknown tail message type: {kind!r}")
-
-
 _T = TypeVar("_T")
 
 
-def _convert(convert: Callable[[Any], _T], body: Any) -> _T:
-    """``convert(body)``; JSON of the wrong shape raises BadResponse."""
-    try:
-        return convert(body)
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise BadResponse(f"unexpected JSON from the server: {error!r}") from None
+@dataclass(frozen=True, slots=True)
+class _Hooks:
+    """How :meth:`Consumer.tail` behaves around its connections (see there)."""
+
+    on_connect: Callable[[], Awaitable[None] | None] | None
+    on_retry: Callable[[ConsumerError | None], Awaitable[None] | None] | None
+    reconnect: bool
+    keepalive: float
+    max_backoff: float
 
 
-def _parse(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise BadResponse(f"not JSON: {body[:80]!r}") from None
-
-
-def _status_error(status: int, body: bytes) -> ConsumerError:
-    try:
-        detail = json.loads(body).get("error", "")
-    except (ValueError, AttributeError):
-        detail = body[:200].decode("utf-8", "replace")
-    message = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
-    if status == 401:
-        return Unauthorized(message)
-    if status == 404:
-        return NotFound(message)
-    return BadResponse(message)
+async def _call(callback: Callable[..., Awaitable[None] | None], *args: object) -> None:
+    """Call a plain or async callback."""
+    result = callback(*args)
+    if result is not None:
+        await result
 
 
 class TailStream:
@@ -242,13 +133,13 @@ class Consumer:
     async def clients(self, *, lines: int = 0) -> dict[str, ClientInfo]:
         """Every client by name, each with its newest ``lines`` log entries."""
         clients = await self._get_json(
-            "/api/clients", {"lines": lines}, lambda body: list(map(_client, body["clients"]))
+            "/api/clients", {"lines": lines}, lambda body: list(map(decode_client, body["clients"]))
         )
         return {info.name: info for info in clients}
 
     async def client(self, name: str) -> ClientInfo:
         """One client's record with its whole buffered log. Raises NotFound."""
-        return await self._get_json(f"/api/clients/{name}", None, _client)
+        return await self._get_json(f"/api/clients/{name}", None, decode_client)
 
     async def state(self, name: str) -> dict[str, str]:
         """One client's state. Raises NotFound."""
@@ -259,25 +150,31 @@ class Consumer:
         )
 
     async def recent(
-        self, client: str | None = None, *, since: int = 0, limit: int | None = None
+        self,
+        client: str | None = None,
+        *,
+        since: int = 0,
+        limit: int | None = None,
+        newest: int | None = None,
     ) -> list[LogEntry]:
-        """Buffered entries of every client (or one) with ``seq > since``, ordered by seq.
+        """Buffered entries of every client (or one) with ``seq > since``, ordered by seq:
+        the oldest ``limit`` of them (to page forward) or the newest ``newest`` (``?tail=N``),
+        not both.
 
         Raises NotFound for an unknown client. ``sort_entries()`` orders them by timestamp.
         """
         query: dict[str, Any] = {"since": since}
-        if client is not None:
-            query["client"] = client
-        if limit is not None:
-            query["limit"] = limit
+        for key, value in (("client", client), ("limit", limit), ("tail", newest)):
+            if value is not None:
+                query[key] = value
         return await self._get_json(
-            "/api/recent", query, lambda body: [_entry(entry) for entry in body["entries"]]
+            "/api/recent", query, lambda body: [decode_entry(entry) for entry in body["entries"]]
         )
 
     async def _get_json(
-        self, path: str, query: dict[str, Any] | None, convert: Callable[[Any], _T]
+        self, path: str, query: dict[str, Any] | None, decoder: Callable[[Any], _T]
     ) -> _T:
-        """GET ``path`` and convert its JSON; raises the ConsumerError that fits."""
+        """GET ``path`` and decode its JSON; raises the ConsumerError that fits."""
         target = path + ("?" + urlencode(query) if query else "")
         try:
             with anyio.fail_after(self.timeout):
@@ -285,8 +182,8 @@ class Consumer:
         except TimeoutError:
             raise Unreachable(f"no answer from {self._host_header} in {self.timeout:g} s") from None
         if status != 200:
-            raise _status_error(status, body)
-        return _convert(convert, _parse(body))
+            raise status_error(status, body)
+        return convert(decoder, parse_json(body))
 
     async def _connect(self) -> anyio.abc.SocketStream:
         try:
@@ -295,10 +192,11 @@ class Consumer:
         except (OSError, TimeoutError) as error:
             raise Unreachable(f"cannot connect to {self._host_header}: {error}") from None
 
-    def _headers(self) -> list[tuple[str, str]]:
-        headers = [("host", self._host_header), ("accept", "application/json")]
+    def _headers(self) -> list[tuple[bytes, bytes]]:
+        """The request's headers; the token in UTF-8, as a server compares it."""
+        headers = [(b"host", self._host_header.encode()), (b"accept", b"application/json")]
         if self.token:
-            headers.append(("authorization", f"Bearer {self.token}"))
+            headers.append((b"authorization", b"Bearer " + self.token.encode()))
         return headers
 
     async def _get(self, target: str) -> tuple[int, bytes]:
@@ -306,7 +204,7 @@ class Consumer:
         async with stream:
             conn = h11.Connection(h11.CLIENT)
             request = h11.Request(
-                method="GET", target=target, headers=[*self._headers(), ("connection", "close")]
+                method="GET", target=target, headers=[*self._headers(), (b"connection", b"close")]
             )
             try:
                 await stream.send(conn.send(request) + conn.send(h11.EndOfMessage()))
@@ -341,76 +239,75 @@ class Consumer:
         client: str | None = None,
         *,
         since: int | None = None,
+        newest: int | None = None,
         on_connect: Callable[[], Awaitable[None] | None] | None = None,
         reconnect: bool = True,
         keepalive: float = 30.0,
         max_backoff: float = 10.0,
+        on_retry: Callable[[ConsumerError | None], Awaitable[None] | None] | None = None,
     ) -> TailStream:
-        """Follow the server: the backlog after ``since`` (all of it if None), ``Current``,
-        then live events, for every client or one.
+        """Follow the server: the backlog after ``since`` (all of it if None; only its newest
+        ``newest`` lines if given), ``Current``, then live events, for every client or one.
 
         Use as ``async with consumer.tail() as events: async for event in events: ...`` so
         the connection is closed when you stop (or call ``aclose()``).
 
         After a lost connection it reconnects (backoff up to ``max_backoff`` s) with the last
-        seq it yielded as cursor. ``on_connect`` (plain or async) is called at each connect.
+        seq it yielded as cursor. ``on_connect`` (plain or async) is called at each connect;
+        ``on_retry`` (plain or async) before each wait to reconnect, with the error that ended
+        the last attempt (``Unreachable``, ``BadResponse``) or None when the server closed.
         ``keepalive``: with nothing received for twice this long (the server pings every 20 s),
         the connection is taken as dead. Raises Unauthorized at once; Unreachable and
         BadResponse only when ``reconnect`` is false; NotFound never (a client that does not
         exist yet may connect later).
         """
-        return TailStream(
-            self._follow(client, since, on_connect, reconnect, keepalive, max_backoff)
-        )
+        hooks = _Hooks(on_connect, on_retry, reconnect, keepalive, max_backoff)
+        return TailStream(self._follow(client, since, newest, hooks))
 
     async def _follow(
-        self,
-        client: str | None,
-        since: int | None,
-        on_connect: Callable[[], Awaitable[None] | None] | None,
-        reconnect: bool,
-        keepalive: float,
-        max_backoff: float,
+        self, client: str | None, since: int | None, newest: int | None, hooks: _Hooks
     ) -> AsyncGenerator[TailEvent, None]:
+        # After the first backlog, a reconnect resumes after the cursor: every line after it.
         cursor = since
         backoff = 0.1
         while True:
+            failure: ConsumerError | None = None
+            query = {"client": client, "since": cursor, "tail": newest}
             try:
-                session = self._tail_once(client, cursor, on_connect, keepalive)
+                session = self._tail_once(query, hooks)
                 async with aclosing(session):
                     async for event in session:
                         backoff = 0.1
                         if isinstance(event, LogEntry):
                             cursor = event.seq
-                        elif isinstance(event, Current) and cursor is None:
-                            cursor = event.last_seq
+                        elif isinstance(event, Current):
+                            newest = None
+                            if cursor is None:
+                                cursor = event.last_seq
                         yield event
-                if not reconnect:
+                if not hooks.reconnect:
                     return
-            except (Unreachable, BadResponse):
-                if not reconnect:
+            except (Unreachable, BadResponse) as error:
+                if not hooks.reconnect:
                     raise
+                failure = error
+            if hooks.on_retry is not None:
+                await _call(hooks.on_retry, failure)
             await anyio.sleep(backoff)
-            backoff = min(backoff * 2, max_backoff)
+            backoff = min(backoff * 2, hooks.max_backoff)
 
     async def _tail_once(
-        self,
-        client: str | None,
-        since: int | None,
-        on_connect: Callable[[], Awaitable[None] | None] | None,
-        keepalive: float,
+        self, query: dict[str, Any], hooks: _Hooks
     ) -> AsyncGenerator[TailEvent, None]:
-        """One WebSocket session; ends when the server closes it or the connection dies."""
-        query: dict[str, Any] = {}
-        if client is not None:
-            query["client"] = client
-        if since is not None:
-            query["since"] = since
-        target = "/api/tail" + ("?" + urlencode(query) if query else "")
+        """One WebSocket session (``query``'s None values left out); ends when the server
+        closes it or the connection dies."""
+        given = {key: value for key, value in query.items() if value is not None}
+        target = "/api/tail" + ("?" + urlencode(given) if given else "")
+        keepalive, on_connect = hooks.keepalive, hooks.on_connect
         stream = await self._connect()
         async with stream:
             ws = WSConnection(ConnectionType.CLIENT)
-            extra = [(k.encode(), v.encode()) for k, v in self._headers() if k != "host"]
+            extra = [(key, value) for key, value in self._headers() if key != b"host"]
             handshake = WebSocketRequest(host=self._host_header, target=target, extra_headers=extra)
             try:
                 await stream.send(ws.send(handshake))
@@ -431,21 +328,19 @@ class Consumer:
                             text.append(event.data)
                             if event.message_finished:
                                 message, text = "".join(text), []
-                                yield _convert(_tail_event, _parse(message.encode()))
+                                yield convert(decode_tail_event, parse_json(message.encode()))
                         elif isinstance(event, AcceptConnection):
                             accepted = True
                             if on_connect is not None:
-                                result = on_connect()
-                                if result is not None:
-                                    await result
+                                await _call(on_connect)
                         elif isinstance(event, RejectConnection):
                             status = event.status_code
                             if not event.has_body:
-                                raise _status_error(status, b"")
+                                raise status_error(status, b"")
                         elif isinstance(event, RejectData):
                             rejection += event.data
                             if event.body_finished:
-                                raise _status_error(status, bytes(rejection))
+                                raise status_error(status, bytes(rejection))
                         elif isinstance(event, Ping):
                             await stream.send(ws.send(event.response()))
                         elif isinstance(event, CloseConnection):

@@ -14,12 +14,12 @@ Two ways to build them, one shape:
 One function, ``tail_event_json``, gives every tail message but the fast path's: the server
 uses it for its notices and for registry events, and a program relaying a consumer's
 ``TailEvent`` (``logatron tail --json``) uses it to print the server's own shapes. The tail's
-notices ``Current`` and ``Gap`` are the consumer's event types (defined in ``_consumer.py``,
+notices ``Current`` and ``Gap`` are the consumer's event types (defined in ``_decode.py``,
 re-exported here), so the server builds its notices from the very types a consumer decodes.
 
-Decoding stays in ``_consumer.py``: it belongs to the consumer's error model (a reply of the
-wrong shape raises its ``BadResponse``), is lenient where the server is strict (``truncated``
-may be missing), and runs in processes that never serve. ``test_tail_encoding.py``
+Decoding stays with the consumer, in ``_decode.py``: it belongs to the consumer's error model
+(a reply of the wrong shape raises its ``BadResponse``), is lenient where the server is strict
+(``truncated`` may be missing), and runs in processes that never serve. ``test_tail_encoding.py``
 round-trips every tail message through ``tail_event_json`` and the consumer's decoder, which
 keeps the two in step.
 """
@@ -42,7 +42,7 @@ from logatron_core import (
     StateSet,
 )
 
-from ._consumer import Current, Gap, TailEvent
+from ._decode import Current, Gap, TailEvent
 from ._stream import Lagged
 
 __all__ = [

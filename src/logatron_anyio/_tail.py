@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import anyio
 import anyio.abc
@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_TAIL_QUEUE_LINES",
     "PING_INTERVAL_SECONDS",
     "TailOptions",
+    "newest_runs",
     "run_tail",
 ]
 
@@ -260,27 +261,54 @@ class _Tail:
                 pass
 
 
+def newest_runs(runs: Sequence[Logged], count: int) -> list[Logged]:
+    """The newest ``count`` lines of ``runs`` (ordered by seq), as runs: the oldest one kept
+    may be cut to its newest lines."""
+    kept: list[Logged] = []
+    left = count
+    for run in reversed(runs):
+        if left <= 0:
+            break
+        if len(run.messages) > left:
+            first_seq = run.last_seq - left + 1
+            run = Logged(run.name, first_seq, run.timestamp, run.messages[-left:], run.truncated)
+        kept.append(run)
+        left -= len(run.messages)
+    kept.reverse()
+    return kept
+
+
 def _backlog(
-    source: LogSource, events: EventStream, since: int | None, client: str | None
+    source: LogSource,
+    events: EventStream,
+    since: int | None,
+    client: str | None,
+    newest: int | None,
 ) -> tuple[deque[Logged], int, int]:
     """The runs to send before ``current``, the lines missed, and the seq ``current`` reports,
     from the snapshot ``events`` took as it subscribed (runs shared, not copied line by line).
 
     A cursor past the newest seq comes from before a restart of an in-memory server (seqs
     began again at 1): then everything buffered up to the subscription is new to this reader.
+    With ``newest``, only the newest lines are sent, and only the lines missed among them
+    are told.
     """
     snapshot = events.snapshot
     assert snapshot is not None
     if since is None or since <= snapshot.last_seq:
-        return deque(snapshot.runs), snapshot.missed if since is not None else 0, snapshot.last_seq
-    try:
-        runs = source.snapshot(0, client).runs
-    except NoSuchClient:
-        runs = []
-    # Runs are appended whole, so each is entirely before the subscription or entirely after
-    # it (and then delivered live).
-    kept = deque(run for run in runs if run.last_seq <= snapshot.last_seq)
-    return kept, 0, snapshot.last_seq
+        runs, missed = snapshot.runs, snapshot.missed if since is not None else 0
+    else:
+        try:
+            stored = source.snapshot(0, client).runs
+        except NoSuchClient:
+            stored = []
+        # Runs are appended whole, so each is entirely before the subscription or entirely
+        # after it (and then delivered live).
+        runs, missed = [run for run in stored if run.last_seq <= snapshot.last_seq], 0
+    if newest is not None:
+        runs = newest_runs(runs, newest)
+        missed = min(missed, newest - sum(len(run.messages) for run in runs))
+    return deque(runs), missed, snapshot.last_seq
 
 
 async def run_tail(
@@ -292,10 +320,12 @@ async def run_tail(
     since: int | None,
     options: TailOptions,
     send_timeout: float,
+    newest: int | None = None,
 ) -> None:
     """Serve one accepted WebSocket tail until the peer leaves or the task is cancelled.
 
-    ``since`` None means the whole buffered backlog without a gap notice. A write may take
+    ``since`` None means the whole buffered backlog without a gap notice; ``newest`` keeps
+    only the newest lines of the backlog (``?tail=N``). A write may take
     ``send_timeout`` seconds at most. Every way out sends a close frame with a code and a
     reason when the connection still allows it.
     """
@@ -312,7 +342,7 @@ async def run_tail(
     )
     options.subscribers += 1
     try:
-        backlog, missed, last_seq = _backlog(source, events, since, client)
+        backlog, missed, last_seq = _backlog(source, events, since, client, newest)
         current = Current(last_seq)
         async with anyio.create_task_group() as tg:
 

@@ -30,7 +30,7 @@ from ._events import (
 )
 from ._framing import LineBuffer, Piece
 from ._limits import MAX_KEPT_ERRORS
-from ._wire import encode_line, is_valid_name, single_line, split_command
+from ._wire import TRIM, encode_line, is_valid_name, single_line, split_command
 
 __all__ = ["ClientConnection", "ClientState", "split_message"]
 
@@ -175,13 +175,14 @@ class ClientConnection:
 
 
 def _parse_reply(line: str) -> Pong | ErrorReply:
-    command, argument = split_command(line)
+    command, rest = split_command(line)
+    argument = rest.lstrip(TRIM)
     if command == "PONG":
         return Pong(argument)
     if command == "ERR":
         code, text = split_command(argument)
         try:
-            return ErrorReply(ErrorCode(code), text)
+            return ErrorReply(ErrorCode(code), text.lstrip(TRIM))
         except ValueError:
             pass
     raise RemoteProtocolError(None, f"unexpected reply from the server: {line[:80]!r}")

@@ -103,16 +103,18 @@ class Journal:
 
     def failed(self, batch: Batch) -> None:
         """``batch`` was not stored: its changes go into the next one."""
+        forgotten_since = set(self._forgotten)  # expired after the batch was taken
         for name in batch.forgotten:
-            if name not in self._changed:
-                self._forgotten.setdefault(name, None)
+            # A batch forgets before it upserts, so a name forgotten and connected again
+            # within it is forgotten again, then written anew.
+            self._forgotten.setdefault(name, None)
         taken: dict[str, deque[Logged]] = {}
         for run in batch.runs:
             logged = Logged(run.client, run.first_seq, run.timestamp, run.messages, run.truncated)
             taken.setdefault(run.client, deque()).append(logged)
         for client in batch.clients:
-            if client.name in self._forgotten:
-                continue
+            if client.name in forgotten_since:
+                continue  # that record is gone: what the batch had of it is moot
             later = self._changed.pop(client.name, deque())
             runs = taken.get(client.name, deque())
             runs.extend(later)

@@ -1,12 +1,14 @@
 """The line grammar: names, command splitting and the encoding of every line.
 
-    line     = command [ sep argument ] [ sep ]
+    line     = [ sep ] command [ ( " " / "\\t" ) rest ]
     sep      = 1*( " " / "\\t" )
     IAM name | LOG [message] | SET key [value] | PING [token]     (client -> server)
     PONG [token] | ERR code text                                  (server -> client)
     name, key = 1*128( ALPHA / DIGIT / "_" / "-" / "." / ":" / "@" )
 
-Arguments are the rest of the line with spaces and tabs trimmed at both ends.
+Trailing spaces and tabs are trimmed from every line. A ``LOG`` message is the rest of the line
+after the one space or tab that follows ``LOG``: its leading whitespace is kept (a traceback's
+indentation survives). Every other argument is trimmed at both ends.
 """
 
 import re
@@ -25,8 +27,8 @@ __all__ = [
 
 TRIM = " \t"
 NAME_RE = re.compile(rf"[A-Za-z0-9_.:@-]{{1,{MAX_NAME_LENGTH}}}")
-# Command, then the argument after any spaces or tabs (the caller trims the line's end first).
-_COMMAND_RE = re.compile(r"([^ \t]*)[ \t]*(.*)", re.DOTALL)
+# Command, then the rest after the one space or tab that follows it (the line is trimmed first).
+_COMMAND_RE = re.compile(r"([^ \t]*)[ \t]?(.*)", re.DOTALL)
 
 
 def is_valid_name(name: str) -> bool:
@@ -35,7 +37,9 @@ def is_valid_name(name: str) -> bool:
 
 
 def split_command(line: str) -> tuple[str, str]:
-    """Split a decoded line (no newline) into its command and its trimmed argument."""
+    """Split a decoded line (no newline) into its command and the rest: what follows the one
+    space or tab after the command, with trailing spaces and tabs trimmed and leading ones kept
+    (a ``LOG`` message as it is; ``.lstrip(TRIM)`` gives any other argument)."""
     match = _COMMAND_RE.match(line.strip(TRIM))
     assert match is not None  # the pattern matches any string
     return match[1], match[2]

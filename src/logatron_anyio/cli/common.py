@@ -10,8 +10,10 @@ the types here); a failed run is one ``logatron: ...`` line on stderr and exit s
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, NoReturn, TypeVar, get_args
 
@@ -28,6 +30,7 @@ __all__ = [
     "Backend",
     "Integer",
     "Number",
+    "Token",
     "backend_option",
     "client_name",
     "env_option",
@@ -35,6 +38,7 @@ __all__ = [
     "host_option",
     "only",
     "port_option",
+    "reason",
     "say_error",
     "token_option",
     "until_signal",
@@ -63,6 +67,24 @@ class Number(click.FloatRange):
 
 
 PORT = Integer(0, 65535)
+
+
+class Token(click.types.StringParamType):
+    """A bearer token as it can travel in an ``Authorization`` header: not empty, no control
+    characters, no space or tab at either end (HTTP drops them, so it could never match).
+    Non-ASCII text is fine: it is sent as UTF-8."""
+
+    name = "token"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text: str = super().convert(value, param, ctx)
+        if not text:
+            self.fail("a token cannot be empty (leave the option out for none)", param, ctx)
+        if text != text.strip():
+            self.fail("a token cannot start or end with whitespace", param, ctx)
+        if any(unicodedata.category(char) == "Cc" for char in text):
+            self.fail("a token cannot hold control characters", param, ctx)
+        return text
 
 
 def client_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -103,7 +125,19 @@ def port_option(help: str) -> Callable[[_F], _F]:
 
 
 def token_option(help: str) -> Callable[[_F], _F]:
-    return env_option("--token", "LOGATRON_TOKEN", metavar="TOKEN", help=help)
+    return env_option("--token", "LOGATRON_TOKEN", type=Token(), metavar="TOKEN", help=help)
+
+
+def _installed_backend(ctx: click.Context, param: click.Parameter, value: Backend) -> Backend:
+    """The callback of --backend: trio is an extra (``logatron[trio]``) that may be missing."""
+    if value == "trio":
+        try:
+            import trio  # noqa: F401
+        except ImportError:
+            raise click.BadParameter(
+                "trio is not installed: pip install 'logatron[trio]'", ctx, param
+            ) from None
+    return value
 
 
 backend_option = env_option(
@@ -111,13 +145,32 @@ backend_option = env_option(
     "LOGATRON_BACKEND",
     type=click.Choice(BACKENDS),
     default="asyncio",
-    help="the event loop to run on",
+    callback=_installed_backend,
+    help="the event loop to run on (trio: pip install 'logatron[trio]')",
 )
 
 
 def say_error(message: str) -> None:
     """``logatron: message`` on stderr: how every failed run is told."""
     print(f"logatron: {message}", file=sys.stderr, flush=True)
+
+
+def reason(error: BaseException) -> str:
+    """Why an operation failed, in a few words: the words of the innermost OSError with an
+    errno among ``error`` and its causes ("connection refused", "address already in use"),
+    else what ``error`` says after its last ``": "``."""
+    said = str(error)
+    words = said.rpartition(": ")[2] or said
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno is not None:
+            text = os.strerror(cause.errno) if cause.errno > 0 else (cause.strerror or "")
+            if text:
+                words = text[0].lower() + text[1:]
+        cause = cause.__cause__ or cause.__context__
+    return words
 
 
 def fail(message: str) -> NoReturn:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import functools
 import io
 import os
+import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import click
@@ -37,14 +38,30 @@ from .common import (
     env_option,
     fail,
     only,
+    reason,
     token_option,
     until_signal,
 )
 from .render import Output, TailPrinter, client_lines, entry_lines, state_lines
 
-__all__ = ["Common", "clients", "consumer_options", "recent", "state", "tail"]
+__all__ = [
+    "DEFAULT_TAIL_LINES",
+    "RETRY_SECONDS",
+    "Common",
+    "clients",
+    "consumer_options",
+    "recent",
+    "state",
+    "tail",
+]
+
+# How often `tail` tries to reconnect, at most, while the server cannot be reached.
+RETRY_SECONDS = 2.0
+# The buffered lines `tail` starts with, as `tail -f` does.
+DEFAULT_TAIL_LINES = 10
 
 _Body = Callable[[Consumer, Output], Awaitable[None]]
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +74,21 @@ class Common:
     json: bool
 
 
+def _url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The callback of --url: a URL the consumer can use."""
+    try:
+        Consumer(value, token="")
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+    return value
+
+
 _COMMON_OPTIONS = (
     env_option(
         "--url",
         "LOGATRON_URL",
         default="http://127.0.0.1:2213",
+        callback=_url,
         metavar="URL",
         help="the server's HTTP address",
     ),
@@ -87,14 +114,11 @@ def consumer_options(command: Callable[..., None]) -> Callable[..., None]:
 
 def _run(common: Common, body: _Body, name: str | None = None, *, one_shot: bool = True) -> None:
     """Run ``body`` against the server at ``common.url``; ``name``: the client asked about."""
-    try:
-        consumer = Consumer(common.url, token=common.token or "")
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="'--url'") from None
+    consumer = Consumer(common.url, token=common.token or "")
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):  # a message never fails to print
             stream.reconfigure(errors="backslashreplace")
-    output = Output(sys.stdout, sys.stderr)
+    output = Output(sys.stdout, sys.stderr, _terminal_width())
     try:
         signum = anyio.run(
             until_signal, functools.partial(body, consumer, output), backend=common.backend
@@ -112,29 +136,21 @@ def _run(common: Common, body: _Body, name: str | None = None, *, one_shot: bool
         raise click.exceptions.Exit(128 + signum)  # a one-shot command cut short
 
 
+def _terminal_width() -> int | None:
+    """The width to fit output to: the terminal's (or $COLUMNS), None when not a terminal."""
+    if "COLUMNS" in os.environ or sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
 def _explain(error: ConsumerError, url: str, name: str | None) -> str:
     if isinstance(error, Unauthorized):
         return "unauthorized: check --token or LOGATRON_TOKEN"
     if isinstance(error, NotFound):
         return f"no such client: {name}" if name is not None else f"not found at {url}: {error}"
     if isinstance(error, Unreachable):
-        return f"cannot reach {url}: {_reason(error)}"
+        return f"cannot reach {url}: {reason(error)}"
     return f"bad response from {url}: {error}"
-
-
-def _reason(error: BaseException) -> str:
-    """Why a connection failed, in a few words: the innermost OSError's, else the message."""
-    reason = str(error).rpartition(": ")[2] or str(error)
-    seen: set[int] = set()
-    cause: BaseException | None = error.__context__
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, OSError) and cause.errno is not None:
-            text = os.strerror(cause.errno) if cause.errno > 0 else (cause.strerror or "")
-            if text:
-                reason = text[0].lower() + text[1:]
-        cause = cause.__cause__ or cause.__context__
-    return reason
 
 
 @click.command(short_help="list the clients (connected and retained)")
@@ -144,7 +160,7 @@ def clients(common: Common) -> None:
     its state."""
 
     async def body(consumer: Consumer, output: Output) -> None:
-        output.lines(client_lines(await consumer.clients(), common.json))
+        output.lines(client_lines(await consumer.clients(), common.json, output.width))
 
     _run(common, body)
 
@@ -161,12 +177,29 @@ def state(common: Common, name: str) -> None:
     _run(common, body, name)
 
 
+def _lines_option(default: str, help: str) -> Callable[[_F], _F]:
+    """``-n N`` / ``--lines N``: the newest N lines, as ``tail -n`` (the parameter ``newest``)."""
+    return click.option(
+        "-n",
+        "--lines",
+        "newest",
+        type=Integer(min=0),
+        metavar="N",
+        show_default=default,
+        help=help,
+    )
+
+
 @click.command(short_help="print the buffered log lines of every client or one")
 @consumer_options
 @click.argument("name", required=False, callback=client_name)
+@_lines_option("every buffered line", "the newest N lines (after SEQ)")
 @click.option("--since", type=Integer(min=0), default=0, metavar="SEQ", help="only lines after SEQ")
 @click.option(
-    "--limit", type=Integer(min=1), metavar="N", help="at most N lines (the oldest after SEQ)"
+    "--limit",
+    type=Integer(min=1),
+    metavar="N",
+    help="the oldest N lines after SEQ (to page forward; not with -n)",
 )
 @click.option(
     "--sort",
@@ -174,12 +207,21 @@ def state(common: Common, name: str) -> None:
     default="seq",
     help="order by seq, or by timestamp then seq",
 )
-def recent(common: Common, name: str | None, since: int, limit: int | None, sort: str) -> None:
+def recent(
+    common: Common,
+    name: str | None,
+    newest: int | None,
+    since: int,
+    limit: int | None,
+    sort: str,
+) -> None:
     """Print the buffered log lines (of every client, or of NAME) as TIME CLIENT #SEQ
     MESSAGE, ordered by seq."""
+    if newest is not None and limit is not None:
+        raise click.UsageError("-n takes the newest lines, --limit the oldest: give one of them")
 
     async def body(consumer: Consumer, output: Output) -> None:
-        entries = await consumer.recent(name, since=since, limit=limit)
+        entries = await consumer.recent(name, since=since, limit=limit, newest=newest)
         if sort == "time":
             entries = sort_entries(entries)
         output.lines(entry_lines(entries, common.json))
@@ -190,32 +232,51 @@ def recent(common: Common, name: str | None, since: int, limit: int | None, sort
 @click.command(short_help="follow the log live")
 @consumer_options
 @click.argument("name", required=False, callback=client_name)
-@click.option(
-    "--since",
-    type=Integer(min=0),
-    metavar="SEQ",
-    show_default="every buffered line",
-    help="only lines after SEQ",
+@_lines_option(
+    f"{DEFAULT_TAIL_LINES}, or every line after --since",
+    "start with the newest N buffered lines (0: live lines only)",
 )
-def tail(common: Common, name: str | None, since: int | None) -> None:
-    """Print the buffered lines (of every client, or of NAME; after --since), then live lines
-    and client events as they happen, until Ctrl-C or SIGTERM. Reconnects by itself; notices
-    of missed lines go to stderr as '-- N lines missed (...) --'."""
+@click.option("--since", type=Integer(min=0), metavar="SEQ", help="only lines after SEQ")
+def tail(common: Common, name: str | None, newest: int | None, since: int | None) -> None:
+    """Print the newest buffered lines (of every client, or of NAME), then live lines and
+    client events as they happen, until Ctrl-C or SIGTERM. Reconnects by itself, resuming
+    after the last line printed; notices go to stderr ('-- live --', '-- N lines missed
+    (...) --', '-- waiting for NAME to connect --')."""
+    if newest is None and since is None:
+        newest = DEFAULT_TAIL_LINES  # as tail -f does
 
     async def body(consumer: Consumer, output: Output) -> None:
         # One request first: an unreachable server or a wrong token ends the command at once,
         # while a connection lost later is retried for as long as it takes.
-        await consumer.clients()
+        known = await consumer.clients()
+        connected = name is None or (name in known and known[name].connected)
+        printer = TailPrinter(output, common.json, name, connected)
         connects = 0
+        outage = False
 
         def on_connect() -> None:
-            nonlocal connects
+            nonlocal connects, outage
             connects += 1
             if connects > 1:
                 output.notice("-- reconnected --")
+            outage = False
 
-        printer = TailPrinter(output, common.json)
-        async with consumer.tail(name, since=since, on_connect=on_connect) as events:
+        def on_retry(error: ConsumerError | None) -> None:
+            nonlocal outage
+            if error is not None and not outage:  # said once per outage
+                outage = True
+                what = "server unreachable" if isinstance(error, Unreachable) else str(error)
+                output.notice(f"-- {what}, retrying every {RETRY_SECONDS:g} s --")
+
+        events = consumer.tail(
+            name,
+            since=since,
+            newest=newest,
+            on_connect=on_connect,
+            on_retry=on_retry,
+            max_backoff=RETRY_SECONDS,
+        )
+        async with events:
             async for event in events:
                 printer.event(event)
 

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from logatron_core import ClientClosed, ClientExpired, ClientInfo, ClientReady, LogEntry, StateSet
 
-from .. import Gap, Lagged, TailEvent
+from .. import Current, Gap, Lagged, TailEvent
 from .._messages import client_json, dumps, entry_json, tail_event_json
 
 __all__ = [
@@ -32,7 +32,6 @@ __all__ = [
 
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 _STATE_SUMMARY_CHARS = 60
-_DIM, _NORMAL = "\x1b[2m", "\x1b[0m"
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -80,29 +79,38 @@ def _state_summary(state: Mapping[str, str]) -> str:
     for key, value in state.items():
         shown = json_line(value) if not value or " " in value else value
         parts.append(f"{key}={shown}")
-    text = printable(" ".join(parts))
-    if len(text) > _STATE_SUMMARY_CHARS:
-        text = text[: _STATE_SUMMARY_CHARS - 1] + "…"
-    return text
+    return printable(" ".join(parts))
 
 
-def client_lines(clients: Mapping[str, ClientInfo], as_json: bool) -> list[str]:
-    """``logatron clients``: a table sorted by name, or the API's client records."""
+def _cut(text: str, chars: int) -> str:
+    """``text`` in at most ``chars`` characters (at least one), ending in … when cut."""
+    chars = max(chars, 1)
+    return text if len(text) <= chars else text[: chars - 1] + "…"
+
+
+def client_lines(
+    clients: Mapping[str, ClientInfo], as_json: bool, width: int | None = None
+) -> list[str]:
+    """``logatron clients``: a table sorted by name, or the API's client records.
+
+    The STATE column is cut to fit ``width`` characters (a terminal's), or to
+    ``_STATE_SUMMARY_CHARS`` without one."""
     if as_json:
         return [json_line(client_json(info)) for info in clients.values()]
-    rows = [("NAME", "STATUS", "LINES", "CONNECTED AT", "STATE")]
+    header = ("NAME", "STATUS", "LINES", "CONNECTED AT")
+    rows = [header]
     for name in sorted(clients):
         info = clients[name]
-        rows.append(
-            (
-                name,
-                "connected" if info.connected else "retained",
-                str(info.lines_received),
-                local_time(info.connected_at),
-                _state_summary(info.state),
-            )
-        )
-    return table(rows, right=frozenset({2}))
+        status = "connected" if info.connected else "retained"
+        rows.append((name, status, str(info.lines_received), local_time(info.connected_at)))
+    lines = table(rows, right=frozenset({2}))
+    padded = max(map(len, lines))
+    room = _STATE_SUMMARY_CHARS if width is None else width - padded - 2
+    states = [_cut(_state_summary(clients[name].state), room) for name in sorted(clients)]
+    return [
+        f"{line:<{padded}}  {state}".rstrip()
+        for line, state in zip(lines, ["STATE", *states], strict=True)
+    ]
 
 
 def state_lines(name: str, state: Mapping[str, str], as_json: bool) -> list[str]:
@@ -132,10 +140,10 @@ def entry_lines(entries: Sequence[LogEntry], as_json: bool) -> list[str]:
 class Output:
     """Lines to stdout (and notices to stderr), each flushed at once: usable behind ``| grep``."""
 
-    def __init__(self, stdout: TextIO, stderr: TextIO) -> None:
+    def __init__(self, stdout: TextIO, stderr: TextIO, width: int | None = None) -> None:
         self.stdout = stdout
         self.stderr = stderr
-        self.tty = stdout.isatty()
+        self.width = width  # of the terminal, if the output goes to one (or COLUMNS says)
 
     def line(self, text: str) -> None:
         self.stdout.write(text + "\n")
@@ -152,16 +160,26 @@ class Output:
 
 
 class TailPrinter:
-    """Tail events as they come: human lines whose client and seq columns widen as needed
-    (missed-lines notices to stderr, a dim ``-- live --`` only on a terminal), or JSON lines."""
+    """Tail events as they come: human lines whose client and seq columns widen as needed, or
+    JSON lines. Notices go to stderr: missed lines, ``-- live --`` once the backlog is printed
+    (human output only), and ``-- waiting for NAME to connect --`` while the one client
+    followed (``name``) is not connected."""
 
-    def __init__(self, output: Output, as_json: bool = False) -> None:
+    def __init__(
+        self, output: Output, as_json: bool = False, name: str | None = None, connected: bool = True
+    ) -> None:
         self.output = output
         self.as_json = as_json
+        self.name = name
+        self.connected = connected  # the client followed, as far as the events tell
         self.client_width = 8
         self.seq_width = 6
 
     def event(self, event: TailEvent) -> None:
+        if isinstance(event, ClientReady | ClientClosed) and event.name == self.name:
+            self.connected = isinstance(event, ClientReady)
+        if isinstance(event, Current):
+            self._current()
         if self.as_json:
             self.output.line(json_line(tail_event_json(event)))
         elif isinstance(event, LogEntry):
@@ -179,8 +197,12 @@ class TailPrinter:
             self.output.notice(f"-- {event.missed} lines missed (evicted) --")
         elif isinstance(event, Lagged):
             self.output.notice(f"-- {event.missed} lines missed (this tail fell behind) --")
-        elif self.output.tty:  # Current: only a dim separator, only on a terminal
-            self.output.line(f"{_DIM}-- live --{_NORMAL}")
+
+    def _current(self) -> None:
+        if not self.as_json:
+            self.output.notice("-- live --")
+        if self.name is not None and not self.connected:
+            self.output.notice(f"-- waiting for {self.name} to connect --")
 
     def _widen(self, client: str, seq_chars: int) -> None:
         self.client_width = max(self.client_width, len(client))

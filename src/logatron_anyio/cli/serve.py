@@ -2,9 +2,10 @@
 
 The options become one ``ServeConfig``; ``build_servers`` is the one place that constructs the
 registry and the servers from it; ``run`` serves a config and returns the exit status. Startup
-prints one line per listening server on stdout, once both listen; a port that cannot be bound
-is one line on stderr and exit status 1. The server's own log goes to stderr, as text or JSON
-lines.
+prints one line per listening server on stdout, once both listen (the HTTP one as a URL a
+browser can open); a port that cannot be bound is one line on stderr and exit status 1. The
+server's own log goes to stderr: as text, what happens after the startup lines (which say
+what its startup records would); as JSON lines, every record.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from .common import (
     host_option,
     only,
     port_option,
+    reason,
     say_error,
     token_option,
     until_signal,
@@ -63,7 +65,16 @@ from .common import (
 if TYPE_CHECKING:
     from .._redis import RedisStore
 
-__all__ = ["Fsync", "LogFormat", "ServeConfig", "Servers", "build_servers", "run", "serve"]
+__all__ = [
+    "Fsync",
+    "LogFormat",
+    "ServeConfig",
+    "Servers",
+    "build_servers",
+    "http_url",
+    "run",
+    "serve",
+]
 
 LogFormat = Literal["text", "json"]
 Fsync = Literal["normal", "always"]
@@ -218,10 +229,16 @@ def _configure_log(log_format: str, stream: TextIO) -> logging.Handler:
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s logatron %(levelname)s %(message)s"))
+        handler.addFilter(_after_startup)
     log = logging.getLogger("logatron")
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     return handler
+
+
+def _after_startup(record: logging.LogRecord) -> bool:
+    """The text log's filter: the startup lines on stdout say what these records would."""
+    return getattr(record, "event", None) not in ("starting", "listening")
 
 
 def _stopping(signum: int) -> None:
@@ -234,6 +251,16 @@ def _stopping(signum: int) -> None:
 def _format_address(address: tuple[str, int]) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# Addresses that mean "every interface": a browser opens the loopback one instead.
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+
+
+def http_url(address: tuple[str, int]) -> str:
+    """The URL of the HTTP server listening on ``address``, one a browser can open."""
+    host, port = address
+    return f"http://{_format_address((_WILDCARDS.get(host, host), port))}/"
 
 
 class _CannotListen(Exception):
@@ -253,7 +280,8 @@ async def _listen(
         error = only(raised, OSError)
         if error is None:
             raise
-        raise _CannotListen(f"cannot listen {what}on {_format_address(address)}: {error}") from None
+        where = _format_address(address)
+        raise _CannotListen(f"cannot listen {what}on {where}: {reason(error)}") from None
     return bound
 
 
@@ -286,10 +314,7 @@ async def _serve_ports(tcp: LogatronServer, http: HttpServer | None) -> None:
             http_address = await _listen(tg, http.serve, "for HTTP ", (http.host, http.port))
         print(f"logatron: listening for clients on {_format_address(address)}", flush=True)
         if http_address is not None:
-            print(
-                f"logatron: HTTP and status page on http://{_format_address(http_address)}/",
-                flush=True,
-            )
+            print(f"logatron: HTTP and status page on {http_url(http_address)}", flush=True)
 
 
 def _setting(flag: str, envvar: str, **attrs: Any) -> Callable[[_F], _F]:
