@@ -5,10 +5,10 @@ A front end's :class:`~logatron_core.RemoteRegistry` queues its sessions' change
 
 - the **driver** takes the queued commands a few milliseconds after the first one arrives (at
   once when a ``PING`` waits), and sends them as one call of the BATCH script (``_redis_scripts``)
-  that applies them in order, atomically: one round trip per batch, never one per line. One
-  batch is in flight at a time, so Redis applies them in the order the front end queued them.
-  The refusals it returns are answered by the sessions that asked (``ERR``, closing for a
-  claim);
+  that applies them in order, atomically: one call per batch, never one per line. Batches go
+  on one connection of their own, up to ``PIPELINE_DEPTH`` in flight, so Redis applies them in
+  the order the front end queued them while the next ones are on their way. The refusals it
+  returns are answered by the sessions that asked (``ERR``, closing for a claim);
 - the **replicator** (``_redis_mirror``) applies the change stream every front end writes to
   the local mirror that serves every read, and answers the held ``PONG``s: a ``PONG`` means
   Redis acknowledged the lines before the ``PING`` and this front end's mirror has them;
@@ -44,7 +44,7 @@ import anyio.abc
 from logatron_core import ErrorCode, RemoteRegistry
 
 from ._durable import StoreHealth
-from ._redis_client import FAILURES, Client, Scripts, open_client
+from ._redis_client import FAILURES, Client, NoScriptError, Pipe, Scripts, open_client
 from ._redis_codec import (
     DEFAULT_LEASE_SECONDS,
     Batch,
@@ -57,6 +57,7 @@ from ._redis_codec import (
     refusals,
 )
 from ._redis_mirror import Mirror
+from ._redis_scripts import BATCH, BATCH_WINDOW
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
@@ -75,6 +76,9 @@ MAX_BUFFERED_BYTES = 32 * 1024 * 1024
 # One batch (one script call) carries at most this much: Redis runs a script alone, and a
 # few milliseconds of it at a time keeps the other front ends' batches and reads flowing.
 MAX_BATCH_BYTES = 2 * 1024 * 1024
+# Batches sent before the reply to the first: Redis runs one while the next is on its way.
+PIPELINE_DEPTH = 3
+assert PIPELINE_DEPTH <= BATCH_WINDOW  # a batch sent again finds its result in Redis
 # Changes Redis acknowledged that the mirror may lag behind before reading pauses too.
 MAX_MIRROR_LAG = 2_000
 # How long the driver waits after a first command for more, unless a PING waits.
@@ -115,8 +119,10 @@ class RedisStore:
         self.clock = clock
         self.frontend = secrets.token_hex(6)
         self.health = StoreHealth(failed_state="unavailable")
-        self.mirror = Mirror(registry, self.shown_url, clock, self._failed, self._unblock)
         self._encoder = Encoder(self.frontend)
+        self.mirror = Mirror(
+            registry, self.shown_url, clock, self._failed, self._unblock, self._encoder
+        )
         self._limits = limits_args(registry)
         self._pending: deque[Batch] = deque()  # taken, not yet acknowledged, oldest first
         self._buffered = 0  # bytes in _pending
@@ -130,6 +136,7 @@ class RedisStore:
         self._drained: anyio.Event | None = None
         self._client: Client[bytes] | None = None
         self._scripts: Scripts | None = None
+        self._pipe: Pipe | None = None
         registry.on_queued = self.pong_held
 
     # -- the TCP server's store driver --------------------------------------------------------
@@ -178,8 +185,12 @@ class RedisStore:
         self._wakeup, self._writable, self._drained = anyio.Event(), anyio.Event(), anyio.Event()
         with anyio.CancelScope(shield=True) as scope:
             self._scope = scope
-            async with open_client(self.url) as client:
+            async with (
+                open_client(self.url) as client,
+                open_client(self.url, max_connections=1) as batches,
+            ):
                 self._client, self._scripts = client, Scripts(client)
+                self._pipe = Pipe(batches, BATCH)
                 await self._start()
                 task_status.started()
                 async with anyio.create_task_group() as tg:
@@ -240,13 +251,11 @@ class RedisStore:
             try:
                 if self._must_register:
                     await self._register()
-                while self._pending:
-                    await self._send(self._pending[0])
+                await self._send_pending()
             except (*FAILURES, StoreUnavailable) as error:
                 self._failed(error)
                 continue
             delay = RETRY_FIRST_SECONDS
-            self._recovered()
             if self._stopping and self._drained is not None:
                 self._drained.set()
                 await anyio.sleep_forever()
@@ -275,32 +284,49 @@ class RedisStore:
             self._buffered += batch.size - before
         batch.mark = self._taken_mark = mark
 
-    async def _send(self, batch: Batch) -> None:
-        """Apply ``batch`` in Redis (registering again first if the lease had expired)."""
-        assert self._scripts is not None
-        batch.sent = True  # never changed from now on: Redis may have applied it already
-        args = [self.frontend, str(batch.number), self._lease_ms, *self._limits, *batch.args]
-        started = time.perf_counter()
-        while True:
-            result = await self._scripts.batch(args)
-            if result[0] != b"lease":
-                break
-            logger.warning(
-                "front end %s found its lease expired: registering again",
-                self.frontend,
-                extra={"event": "store-lease-lost", "frontend": self.frontend},
-            )
-            await self._register()
+    async def _send_pending(self) -> None:
+        """Send the pending batches (up to PIPELINE_DEPTH in flight) until none is left, and
+        take their replies in order. Raises what Redis's failures raise."""
+        assert self._pipe is not None
+        pending, pipe = self._pending, self._pipe
+        in_flight: deque[Any] = deque()
+        while pending:
+            while len(in_flight) < min(PIPELINE_DEPTH, len(pending)):
+                batch = pending[len(in_flight)]
+                batch.sent = True  # never changed from now on: Redis may apply it already
+                batch.sent_at = time.perf_counter()
+                args = [self.frontend, str(batch.number), self._lease_ms, *self._limits]
+                in_flight.append(await pipe.send([*args, *batch.args]))
+            try:
+                result = await in_flight.popleft()
+            except NoScriptError:  # Redis restarted: the calls after this one failed too
+                await _drain(in_flight)
+                await pipe.load()
+                continue
+            if result[0] == b"lease":  # so are the calls after this one: none was applied
+                await _drain(in_flight)
+                logger.warning(
+                    "front end %s found its lease expired: registering again",
+                    self.frontend,
+                    extra={"event": "store-lease-lost", "frontend": self.frontend},
+                )
+                await self._register()
+                continue
+            self._acknowledged(pending.popleft(), result)
+            self._take(heartbeat=False)  # what came meanwhile goes out with the next ones
+
+    def _acknowledged(self, batch: Batch, result: list[Any]) -> None:
+        """Redis applied ``batch``: tell the refusals, expect its changes in the mirror."""
+        self._recovered()
         refused = refusals(result)
         self._encoder.accepted(batch, set(refused))
         now = self.clock()
         for index, (code, detail) in refused.items():
             self.registry.refused(batch.commands[index][0], ErrorCode(code), detail, now)
-        self._pending.popleft()
         self._buffered -= batch.size
         self.mirror.expect(int(result[1]), batch.mark)
         health = self.health
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - batch.sent_at
         health.flushes += 1
         health.rows_written += len(batch.commands)
         health.flush_seconds += elapsed
@@ -385,6 +411,15 @@ class RedisStore:
             self.shown_url,
             extra={"event": "store-recovered", "store": self.shown_url},
         )
+
+
+async def _drain(in_flight: deque[Any]) -> None:
+    """Wait for the replies still due (their batches are sent again), whatever they are."""
+    while in_flight:
+        try:
+            await in_flight.popleft()
+        except FAILURES:
+            pass
 
 
 def _says(error: BaseException) -> str:

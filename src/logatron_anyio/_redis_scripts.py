@@ -12,13 +12,15 @@ Keys (all under ``logatron:``):
   ``changes`` carries its number ``i``, so a front end sees at once when it missed some);
 - ``changes`` the stream of changes: ``k`` the kind (``r`` ready, ``l`` logged, ``s`` set,
   ``c`` closed, ``e`` expired), ``n`` the client, ``t`` the timestamp, and for ``l`` the first
-  seq ``s``, the truncated flag ``x`` and the messages ``m`` joined by ``\\n`` (no message holds
-  one); for ``s`` the key ``a`` and the value ``v``;
+  seq ``s``, the truncated flag ``x``, the messages ``m`` joined by ``\\n`` (no message holds
+  one) and where they come from ``o`` (``<front end> <batch> <index in it>``: the front end
+  that sent them takes them from its memory instead of splitting ``m``); for ``s`` the key
+  ``a`` and the value ``v``;
 - ``claims`` name -> the connection holding it (``<front end id>:<n>``); ``held:<front end>``
   the names a front end holds; ``frontends`` the front ends registered; ``frontend:<id>`` a
   front end's lease (a key with a TTL, refreshed by every batch); ``batch:<id>`` the number
-  and result of its last batch applied (a batch sent again after a lost reply is not applied
-  twice);
+  of its last batch applied (``last``) and the results of the last ``BATCH_WINDOW`` (a batch
+  sent again after a lost reply is not applied twice);
 - ``names`` every client; ``client:<name>`` its record (``c`` connected, ``ca``/``da``
   connected/disconnected at, ``r`` lines received, ``v`` evicted, ``et`` the seq of the newest
   evicted line, ``b`` lines buffered, ``k`` lines of the oldest run already evicted);
@@ -29,7 +31,7 @@ Keys (all under ``logatron:``):
 Timestamps travel as the strings the front ends wrote (a Lua number would round them).
 """
 
-__all__ = ["BATCH", "CHANGES_MAXLEN", "HELLO", "JANITOR", "SNAPSHOT"]
+__all__ = ["BATCH", "BATCH_WINDOW", "CHANGES", "CHANGES_MAXLEN", "HELLO", "JANITOR", "SNAPSHOT"]
 
 # Entries kept in the change stream (approximately: XADD MAXLEN ~). A front end that falls
 # further behind reloads the whole state. An entry is one run of lines (at most one receive,
@@ -40,6 +42,8 @@ CHANGES_MAXLEN = 10_000
 
 # How long a batch's record is kept for a front end that stopped sending (seconds).
 _BATCH_RECORD_SECONDS = 86_400
+# Results kept per front end: at least as many as it has batches in flight.
+BATCH_WINDOW = 8
 
 _PRELUDE = """
 local P = 'logatron:'
@@ -121,7 +125,7 @@ local function claim(frontend, conn, name, stamp, limits)
   return nil
 end
 
-local function append(conn, name, stamp, truncated, count, messages, buffer_size)
+local function append(conn, name, stamp, truncated, count, messages, buffer_size, origin)
   if redis.call('HGET', CLAIMS, name) ~= conn then return not_held(name) end
   local first = redis.call('INCRBY', P .. 'seq', count) - count + 1
   local key, runs, ring = P .. 'client:' .. name, P .. 'runs:' .. name, P .. 'ring:' .. name
@@ -152,7 +156,8 @@ local function append(conn, name, stamp, truncated, count, messages, buffer_size
     redis.call('HSET', key, 'b', buffer_size, 'k', skip,
                'et', string.format('%d', through))
   end
-  change('l', name, stamp, 's', string.format('%d', first), 'x', truncated, 'm', messages)
+  change('l', name, stamp, 's', string.format('%d', first), 'x', truncated, 'm', messages,
+         'o', origin)
   return nil
 end
 
@@ -191,8 +196,11 @@ BATCH = (
     + """
 local frontend, batch = ARGV[1], tonumber(ARGV[2])
 local record = P .. 'batch:' .. frontend
-local done = redis.call('HMGET', record, 'number', 'result')
-if done[1] and tonumber(done[1]) >= batch then return cjson.decode(done[2]) end
+if batch <= tonumber(redis.call('HGET', record, 'last') or '0') then
+  local done = redis.call('HGET', record, ARGV[2])
+  if done then return cjson.decode(done) end
+  return {'ok', redis.call('GET', P .. 'changeno') or '0'}
+end
 if not redis.call('SET', P .. 'frontend:' .. frontend, '1', 'PX', ARGV[3], 'XX') then
   return {'lease'}
 end
@@ -204,7 +212,7 @@ while i <= #ARGV do
   local refusal = nil
   if kind == 'A' then
     refusal = append(conn, name, stamp, ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6],
-                     limits.buffer_size)
+                     limits.buffer_size, frontend .. ' ' .. ARGV[2] .. ' ' .. index)
     i = i + 7
   elseif kind == 'S' then
     refusal = set_key(conn, name, stamp, ARGV[i + 4], ARGV[i + 5], limits)
@@ -228,10 +236,11 @@ while i <= #ARGV do
 end
 local result = {'ok', redis.call('GET', P .. 'changeno') or '0'}
 for _, item in ipairs(refusals) do table.insert(result, item) end
-redis.call('HSET', record, 'number', ARGV[2], 'result', cjson.encode(result))
+redis.call('HSET', record, 'last', ARGV[2], ARGV[2], cjson.encode(result))
+redis.call('HDEL', record, string.format('%d', batch - @WINDOW@))
 redis.call('EXPIRE', record, @RECORD@)
 return result
-""".replace("@RECORD@", str(_BATCH_RECORD_SECONDS))
+""".replace("@RECORD@", str(_BATCH_RECORD_SECONDS)).replace("@WINDOW@", str(BATCH_WINDOW))
 )
 
 # Registers a front end (at start, and again after its lease expired or Redis restarted).
@@ -310,4 +319,23 @@ for _, name in ipairs(redis.call('SMEMBERS', P .. 'names')) do
                         redis.call('LRANGE', P .. 'ring:' .. name, 0, -1)})
 end
 return result
+"""
+
+# The changes after a stream id, at most a count of them, as XRANGE gives them, but without
+# the messages of the runs the asking front end sent (it has them: the bytes need not travel
+# back; the field ``m`` becomes an empty ``M``). ARGV: the id, the count, the front end's id.
+CHANGES = """
+local entries = redis.call('XRANGE', 'logatron:changes', '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+local mine = ARGV[3] .. ' '
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  for at = 1, #fields - 1, 2 do
+    if fields[at] == 'o' and string.sub(fields[at + 1], 1, #mine) == mine then
+      for other = 1, #fields - 1, 2 do
+        if fields[other] == 'm' then fields[other], fields[other + 1] = 'M', '' end
+      end
+    end
+  end
+end
+return entries
 """
