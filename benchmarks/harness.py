@@ -371,11 +371,13 @@ def print_profile(path: str, sorts: Sequence[str], limit: int) -> None:
 
 
 def flood_command(
-    port: int, *, lines: int | None = None, seconds: float | None = None
+    port: int | Sequence[int], *, lines: int | None = None, seconds: float | None = None
 ) -> list[str]:
     """The load generator against ``port``: CLIENTS clients each send ``lines`` lines, or as
-    many as fit in ``seconds``. Its output (``run_json``): ``{"lines": sent, "seconds": ...}``."""
-    args = ["--flood", str(port)]
+    many as fit in ``seconds``; with several ports, client ``i`` goes to the ``i % len``-th.
+    Its output (``run_json``): ``{"lines": sent, "seconds": ...}``."""
+    ports = [port] if isinstance(port, int) else list(port)
+    args = ["--flood", ",".join(map(str, ports))]
     if lines is not None:
         args += ["--lines", str(lines)]
     if seconds is not None:
@@ -426,12 +428,14 @@ def _flood_client(
         out.append((time.perf_counter(), sent))
 
 
-def _flood(port: int, lines: int | None, seconds: float | None) -> None:
+def _flood(ports: list[int], lines: int | None, seconds: float | None) -> None:
     start = threading.Barrier(CLIENTS + 1)
     finished: list[tuple[float, int]] = []
     threads = [
         threading.Thread(
-            target=_flood_client, args=(index, port, lines, seconds, start, finished), daemon=True
+            target=_flood_client,
+            args=(index, ports[index % len(ports)], lines, seconds, start, finished),
+            daemon=True,
         )
         for index in range(CLIENTS)
     ]
@@ -525,11 +529,11 @@ def emit(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="The load generator of the benchmarks.")
-    parser.add_argument("--flood", type=int, metavar="PORT", required=True)
+    parser.add_argument("--flood", metavar="PORT[,PORT…]", required=True)
     parser.add_argument("--lines", type=int, help="lines per client")
     parser.add_argument("--seconds", type=float, help="or: send for this long")
     args = parser.parse_args()
-    _flood(args.flood, args.lines, args.seconds)
+    _flood([int(port) for port in args.flood.split(",")], args.lines, args.seconds)
 
 
 if __name__ == "__main__":
