@@ -1,19 +1,22 @@
 """``--store redis://``: several front ends sharing one store in Redis, on asyncio and trio.
 
-Every test runs its own ``redis-server`` (see ``redis_server``): one per module, emptied before
-each test, and one of its own for the tests that stop or kill it.
+The tests run ``redis-server``s of their own (see ``redis_server``): one per module, emptied
+before each test, and one per test for the tests that stop or kill it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -503,3 +506,41 @@ def invoke(*args: str, **env: str) -> click.testing.Result:
     """``logatron ARGS`` in this process, with only the ``LOGATRON_*`` variables given."""
     unset: dict[str, str | None] = {key: None for key in os.environ if key.startswith("LOGATRON_")}
     return click.testing.CliRunner().invoke(logatron, args, env={**unset, **env})
+
+
+def test_the_readmes_two_front_ends_run_as_written(tmp_path: Path) -> None:
+    """The README's block, with free ports and a temporary directory for Redis's files."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split("<!-- two-front-ends -->", 1)[1].split("```sh\n", 1)[1].split("```")[0]
+    lines = block.strip().splitlines()
+    ports = {port: str(free_port()) for port in ("6379", "2212", "2213", "2222", "2223")}
+
+    def local(line: str) -> list[str]:
+        for port, free in ports.items():
+            line = line.replace(port, free)
+        line = line.replace("/var/lib/logatron-redis", str(tmp_path))
+        return shlex.split(line.removesuffix("&").strip())
+
+    redis_line, *serve_lines, nc_line, curl_line = lines
+    assert redis_line.startswith("redis-server ") and curl_line.startswith("curl -s http")
+    with contextlib.ExitStack() as stack:
+        redis = subprocess.Popen(local(redis_line), stdout=subprocess.DEVNULL)
+        stack.callback(redis.wait, TIMEOUT)
+        stack.callback(redis.terminate)
+        deadline = time.monotonic() + TIMEOUT
+        while subprocess.run(["redis-cli", "-p", ports["6379"], "ping"], capture_output=True,
+                             text=True).stdout.strip() != "PONG":  # fmt: skip
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        for line in serve_lines:
+            argv = local(line)
+            assert argv[:2] == ["logatron", "serve"]
+            server = stack.enter_context(served(*argv[2:]))  # its --port flags win
+            stack.callback(server.kill, signal.SIGTERM)
+        # The nc line as a socket write, the curl line as a GET.
+        printed = shlex.split(nc_line.split("|")[0])[1].encode().decode("unicode_escape")
+        nc_port = int(local(nc_line.split("|")[1])[-1])
+        assert talk(nc_port, printed.encode()) == b"PONG\n"
+        url = local(curl_line)[-1]
+        recent = json.loads(urllib.request.urlopen(url, timeout=TIMEOUT).read())
+        assert [entry["message"] for entry in recent["entries"]] == ["hello from the first"]
