@@ -10,7 +10,7 @@ with the median (and best) rate of each server. ``--compare SRC`` measures anoth
 same run, repeats interleaved.
 
     python benchmarks/bench_server.py [--quick] [--repeats N] [--servers asyncio,trio,sync]
-    python benchmarks/bench_server.py --repeats 5 --compare /work/before/src
+    python benchmarks/bench_server.py --repeats 5 --compare /work/before/src [--target 1.2]
     python benchmarks/bench_server.py --profile trio    # cProfile of the server, to stderr
 """
 
@@ -24,7 +24,8 @@ import harness
 
 LINES = 250_000
 QUICK_LINES = 50_000
-# Issue 7: asyncio and trio within 5% of their medians before a restructuring.
+# Issue 7: asyncio and trio within 5% of their medians before a restructuring (the default of
+# --target); issue 11 asked for a rise: --target 1.2.
 TARGET_AFTER_OVER_BEFORE = 0.95
 
 
@@ -47,6 +48,14 @@ def main() -> None:
     parser.add_argument("--servers", default="asyncio,trio,sync")
     parser.add_argument("--lines", type=int, default=LINES, help="lines per client")
     parser.add_argument("--profile", metavar="SERVER", help="profile one run of SERVER")
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=TARGET_AFTER_OVER_BEFORE,
+        metavar="RATIO",
+        help="with --compare: asyncio and trio must reach RATIO x their medians before "
+        f"(default {TARGET_AFTER_OVER_BEFORE})",
+    )
     args = parser.parse_args()
     lines = QUICK_LINES if args.quick else args.lines
     repeats = args.repeats or 3
@@ -78,12 +87,8 @@ def main() -> None:
         after, before = summaries["after"], summaries["before"]
         for server in [name for name in servers if name != "sync"]:
             key = f"{server}_lines_per_s"
-            must_hold.append(
-                (
-                    f"{server} after >= {TARGET_AFTER_OVER_BEFORE}x before",
-                    after[key] >= TARGET_AFTER_OVER_BEFORE * before[key],
-                )
-            )
+            met = after[key] >= args.target * before[key]
+            must_hold.append((f"{server} after >= {args.target}x before", met))
     settings = {
         "clients": harness.CLIENTS,
         "lines_per_client": lines,

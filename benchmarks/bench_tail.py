@@ -1,10 +1,10 @@
-"""WebSocket tail under load: ingest beside stalled tails, one live tail's rate, tail latency.
+"""WebSocket tail under load: ingest beside stalled or filtered tails, live rate, latency.
 
 The server (``python -m logatron_anyio serve`` with TCP and HTTP on free ports, on asyncio or
 trio) runs in its own process, fresh for every repeat; its counters come from ``/metrics`` and
 its CPU time from ``/proc`` (``harness.Server``). Load generators and subscribers run in other
-processes (``harness.flood_command``, and this script with ``--pace``, ``--stall`` or
-``--subscribe``). Three measurements:
+processes (``harness.flood_command``, and this script with ``--pace``, ``--stall``,
+``--subscribe`` or ``--drain``). Four measurements:
 
 1. ingest: 4 TCP clients each send IAM, N 64-byte LOG lines, PING and wait for PONG (as in
    bench_server.py), with no tail and with 10 tails that finish the WebSocket handshake and
@@ -13,7 +13,12 @@ processes (``harness.flood_command``, and this script with ``--pace``, ``--stall
    one stalled tail costs (a fixed cost: the ratio depends on N through it).
 2. live: one tail reading as fast as it can while the 4 clients flood for a fixed time; the
    rate of ``log`` messages it receives, from its first to its last (target: 100,000/s).
-3. latency: one client paces LOG lines at 10,000/s, each carrying its send time
+3. filter: the 4-client flood of N lines beside one tail that reads as fast as it can:
+   unfiltered, with ``include=status=5\\d\\d`` (matches no line: the usual "show me the
+   errors") and with ``include=status=200`` (matches every line), the three in turn in every
+   repeat (and with no tail, for reference). Ingest lines/s of each, and the median of each
+   repeat's filtered over unfiltered (target: at least 0.85).
+4. latency: one client paces LOG lines at 10,000/s, each carrying its send time
    (``time.time()``, the same clock in every process on one machine); one tail notes the
    arrival time of each (right after the ``recv`` that brought it). p50/p99/max in ms from
    the server's receipt (the entry's ``timestamp``, taken as the TCP read returns; target: p99
@@ -25,7 +30,8 @@ wsproto``: ~7.5 us a frame, enough to make the subscriber the bottleneck of meas
 Prints progress on stderr and, as its last stdout line, one JSON object with the medians.
 ``--compare SRC`` measures another tree in the same run, repeats interleaved.
 
-    python benchmarks/bench_tail.py [--quick] [--backends asyncio,trio] [--only ingest,live,latency]
+    python benchmarks/bench_tail.py [--quick] [--backends asyncio,trio]
+        [--only ingest,live,filter,latency]
     python benchmarks/bench_tail.py --only ingest --compare /work/before/src
     python benchmarks/bench_tail.py --profile ingest --backends asyncio   # cProfile of the server
 """
@@ -47,11 +53,20 @@ import harness
 from harness import RUN_TIMEOUT, STARTUP_TIMEOUT, Json
 
 STALLED_TAILS = 10
+# The tails of the filter measurement: (label, query; None: no tail). The flood's line holds
+# "status=200". Ratios are over "unfiltered" (the first).
+FILTER_TAILS: tuple[tuple[str, str | None], ...] = (
+    ("unfiltered", ""),
+    ("none", None),
+    ("rare", "include=status%3D5%5Cd%5Cd"),  # matches no line
+    ("every", "include=status%3D200"),  # matches every line
+)
 LATENCY_RATE = 10_000  # lines/s
 PACE_TICK_SECONDS = 0.0005
 
-# Targets (the issue's).
+# Targets (the issues').
 TARGET_INGEST_RATIO = 0.9
+TARGET_FILTER_RATIO = 0.85
 TARGET_LIVE_EVENTS_PER_S = 100_000
 TARGET_P99_MS = 50.0
 
@@ -103,15 +118,16 @@ def pace(port: int, rate: int, seconds: float) -> None:
 # Subscribers: --stall (N tails that never read) and --subscribe (one tail, rate or latency)
 
 
-def open_tail(port: int) -> tuple[socket.socket, Any, bytes]:
-    """A WebSocket to /api/tail after a wsproto handshake: (socket, WSConnection, the bytes
-    received after the handshake response)."""
+def open_tail(port: int, query: str = "") -> tuple[socket.socket, Any, bytes]:
+    """A WebSocket to /api/tail?<query> after a wsproto handshake: (socket, WSConnection, the
+    bytes received after the handshake response)."""
     from wsproto import ConnectionType, WSConnection
     from wsproto.events import AcceptConnection, Request
 
     sock = socket.create_connection((harness.HOST, port), timeout=STARTUP_TIMEOUT)
     ws = WSConnection(ConnectionType.CLIENT)
-    sock.sendall(ws.send(Request(host=f"{harness.HOST}:{port}", target="/api/tail")))
+    target = "/api/tail" + (f"?{query}" if query else "")
+    sock.sendall(ws.send(Request(host=f"{harness.HOST}:{port}", target=target)))
     received = b""
     for _ in range(1000):
         data = sock.recv(RECEIVE_BYTES)
@@ -140,6 +156,39 @@ def stall(port: int, count: int) -> None:
             break
     for sock, _, _ in tails:
         sock.close()
+
+
+def drain(port: int, query: str) -> None:
+    """One tail (``/api/tail?<query>``) read as fast as it can: prints "ready" once ``current``
+    arrived, then, when stdin closes, one JSON line: the log messages and lagged lines."""
+    from wsproto.events import Pong
+
+    sock, ws, data = open_tail(port, query)
+    frames = RawFrames()
+    logs = missed = 0
+    ready = False
+    deadline = time.monotonic() + STALL_MAX_SECONDS
+    while time.monotonic() < deadline:
+        for opcode, payload in frames.feed(data):
+            if opcode == 0x81 and payload.startswith(LOG_PREFIXES):
+                logs += 1
+            elif opcode == 0x81:
+                message = json.loads(payload)
+                if message["type"] == "lagged":
+                    missed += int(message["missed"])
+                elif message["type"] == "current" and not ready:
+                    ready = True
+                    print("ready", flush=True)
+            elif opcode == 0x89:
+                sock.sendall(ws.send(Pong(payload)))
+        readable, _, _ = select.select([sock, sys.stdin], [], [], 1.0)
+        if sys.stdin in readable and not sys.stdin.readline():
+            break
+        data = sock.recv(RECEIVE_BYTES) if sock in readable else b""
+        if sock in readable and not data:
+            break
+    sock.close()
+    print(json.dumps({"logs": logs, "missed": missed}), flush=True)
 
 
 class RawFrames:
@@ -412,6 +461,69 @@ def run_latency(
     }
 
 
+def run_filtered(tree: harness.Tree, backend: str, lines: int, query: str | None) -> Json:
+    """Lines/s of the 4-client flood beside one tail reading ``/api/tail?<query>`` (or none)."""
+    received: Json = {"logs": 0, "missed": 0}
+    with harness.children() as started:
+        server = harness.Server(backend, tree, with_http=True)
+        started.append(server)
+        tail = None
+        if query is not None:
+            tail = ready_child(started, "--drain", str(server.http_port), "--query", query)
+        measured = harness.run_json(harness.flood_command(server.tcp_port, lines=lines))
+        if tail is not None:
+            assert tail.process.stdin is not None
+            tail.process.stdin.close()
+            received = tail.json(RUN_TIMEOUT)
+        counters = server_counters(server)
+    total = int(measured["lines"])
+    if counters["lines_received"] != total:
+        raise RuntimeError(f"sent {total} lines, the server stored {counters['lines_received']}")
+    return {
+        "lines_per_s": total / float(measured["seconds"]),
+        "lines_per_cpu_s": total / float(counters["cpu_seconds"]),
+        "received": int(received["logs"]),
+        "lagged": int(received["missed"]),
+    }
+
+
+def run_filter_set(tree: harness.Tree, backend: str, lines: int, repeat: list[int]) -> Json:
+    """``run_filtered`` for every FILTER_TAILS query, in an order that rotates each repeat."""
+    repeat[0] += 1
+    shift = repeat[0] % len(FILTER_TAILS)
+    order = FILTER_TAILS[shift:] + FILTER_TAILS[:shift]
+    return {label: run_filtered(tree, backend, lines, query) for label, query in order}
+
+
+def describe_filter(runs: Json) -> str:
+    return "; ".join(
+        f"{label} {run['lines_per_s']:,.0f} lines/s "
+        f"({run['received']:,} received, {run['lagged']:,} lagged)"
+        for label, run in runs.items()
+    )
+
+
+def filter_summary(backend: str, runs: list[Json]) -> Json:
+    """Median rates, and the medians of each repeat's ratios to its own unfiltered run (the
+    runs of one repeat follow each other: a drift of a shared machine cancels out)."""
+    median = harness.median
+    base = median([run["unfiltered"] for run in runs], "lines_per_s")
+    summary: Json = {f"{backend}_filter_unfiltered_lines_per_s": round(base)}
+    for label, _ in FILTER_TAILS[1:]:
+        ratios = [
+            {
+                key: run[label][key] / run["unfiltered"][key]
+                for key in ("lines_per_s", "lines_per_cpu_s")
+            }
+            for run in runs
+        ]
+        rate = median([run[label] for run in runs], "lines_per_s")
+        summary[f"{backend}_filter_{label}_lines_per_s"] = round(rate)
+        summary[f"{backend}_filter_{label}_ratio"] = round(median(ratios, "lines_per_s"), 3)
+        summary[f"{backend}_filter_{label}_cpu_ratio"] = round(median(ratios, "lines_per_cpu_s"), 3)
+    return summary
+
+
 def run_ingest_pair(tree: harness.Tree, backend: str, lines: int) -> Json:
     """``run_ingest`` without tails and with STALLED_TAILS, in turn: a drift hits both alike."""
     return {
@@ -509,6 +621,15 @@ def must_hold(backend: str, after: Json) -> list[tuple[str, bool]]:
     if live is not None:
         target = TARGET_LIVE_EVENTS_PER_S
         checks.append((f"{backend} live tail >= {target:,} log messages/s", live >= target))
+    for label, query in FILTER_TAILS[1:]:
+        ratio = after.get(f"{backend}_filter_{label}_ratio")
+        if query is None:
+            continue  # no tail: the reference, not a filter
+        if ratio is not None:
+            at_least = TARGET_FILTER_RATIO
+            checks.append(
+                (f"{backend} ingest, {label}-filtered tail >= {at_least}", ratio >= at_least)
+            )
     p99 = after.get(f"{backend}_latency_p99_ms")
     if p99 is not None:
         checks.append((f"{backend} latency p99 < {TARGET_P99_MS} ms", p99 < TARGET_P99_MS))
@@ -522,6 +643,7 @@ def measure(args: argparse.Namespace) -> None:
     latency_seconds = 2.0 if quick else 10.0
     ingest_repeats = args.repeats or (3 if quick else 5)
     other_repeats = args.repeats or (1 if quick else 3)
+    filter_repeat = [0]  # rotates the order of the filter measurement's tails
     measurements = {
         "ingest": Measurement(
             ingest_repeats,
@@ -534,6 +656,12 @@ def measure(args: argparse.Namespace) -> None:
             lambda backend, tree: run_live(tree, backend, flood_seconds, args.decoder),
             describe_live,
             live_summary,
+        ),
+        "filter": Measurement(
+            ingest_repeats,
+            lambda backend, tree: run_filter_set(tree, backend, lines, filter_repeat),
+            describe_filter,
+            filter_summary,
         ),
         "latency": Measurement(
             other_repeats,
@@ -603,7 +731,9 @@ def main() -> None:
         repeats="repeats of every measurement (default ingest 5, others 3; quick 3 and 1)",
     )
     parser.add_argument("--backends", default="asyncio,trio", help="asyncio,trio")
-    parser.add_argument("--only", default="ingest,live,latency", help="ingest,live,latency")
+    parser.add_argument(
+        "--only", default="ingest,live,filter,latency", help="ingest,live,filter,latency"
+    )
     parser.add_argument("--lines", type=int, default=0, help="ingest: lines per client")
     parser.add_argument("--decoder", choices=("raw", "wsproto"), default="raw")
     parser.add_argument(
@@ -619,6 +749,8 @@ def main() -> None:
     parser.add_argument("--stall", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=STALLED_TAILS, help=argparse.SUPPRESS)
     parser.add_argument("--subscribe", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--drain", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--query", default="", help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=("rate", "latency"), help=argparse.SUPPRESS)
     parser.add_argument("--expect", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -626,6 +758,8 @@ def main() -> None:
         pace(args.pace, args.rate, args.seconds or 1.0)
     elif args.stall is not None:
         stall(args.stall, args.count)
+    elif args.drain is not None:
+        drain(args.drain, args.query)
     elif args.subscribe is not None:
         subscribe(args.subscribe, args.mode or "rate", args.decoder, args.expect)
     elif args.profile:

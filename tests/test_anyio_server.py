@@ -246,3 +246,17 @@ async def test_events_of_one_client_are_bounded_in_lines() -> None:
     assert isinstance(ready, ClientReady) and ready.name == "b"
     assert lagged == Lagged(30)  # the run of 30 outweighs the bound of 10: dropped, said so
     assert isinstance(logged, Logged) and logged.messages == ("kept 1", "kept 2")
+
+
+async def test_a_pong_held_for_confirmation_is_written_once_confirmed() -> None:
+    registry = Registry()
+    registry.hold_pongs()  # as a durable store does: PONG once the lines are stored for good
+    async with serving(registry=registry) as server:
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+            await stream.send(b"IAM bob\n")
+            for token in (b"one", b"two"):
+                await stream.send(b"LOG x\nPING " + token + b"\n")
+                await eventually(lambda: registry.pongs_waiting)
+                registry.confirm(registry.mark)  # a writer task starts for the PONG
+                with anyio.fail_after(5):
+                    assert await stream.receive() == b"PONG " + token + b"\n"

@@ -503,10 +503,11 @@ async def test_every_route_but_healthz_needs_the_token(path: str, allowed: int) 
 
 async def test_the_status_page_shell_needs_no_token() -> None:
     """The page itself holds no data; it asks for the token (the API it reads needs one)."""
-    async with serving(token="s3cret") as servers:
+    async with serving(token="s3cret") as servers, tcp_client(servers, "secret-name") as client:
+        await ping(client)
         status, headers, page = await get(servers.http_port, "/")
         assert status == 200 and headers["content-type"].startswith("text/html")
-        assert b"?token=" in page
+        assert b'id="token-input"' in page and b"secret-name" not in page
         assert (await get(servers.http_port, "/api/clients"))[0] == 401
 
 

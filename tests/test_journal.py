@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from logatron_core import (
     Batch,
     Journal,
+    Lines,
     MemoryStore,
     Registry,
     RegistryRefusal,
@@ -14,6 +15,7 @@ from logatron_core import (
     StoredRun,
     rebuild,
 )
+from logatron_core._connection import log_messages
 
 NAMES = ["a", "b", "c"]
 
@@ -58,7 +60,9 @@ def snapshot_of(registry: Registry) -> dict[str, object]:
 
 operation = st.one_of(
     st.tuples(st.just("connect"), st.sampled_from(NAMES)),
-    st.tuples(st.just("log"), st.sampled_from(NAMES), st.integers(1, 7), st.booleans()),
+    st.tuples(
+        st.just("log"), st.sampled_from(NAMES), st.integers(1, 7), st.booleans(), st.booleans()
+    ),
     st.tuples(st.just("set"), st.sampled_from(NAMES), st.sampled_from(["k", "j", "m"])),
     st.tuples(st.just("close"), st.sampled_from(NAMES)),
     st.tuples(st.just("tick"), st.sampled_from([1.0, 30.0])),
@@ -73,6 +77,16 @@ operation = st.one_of(
         *(("connect", name) for name in "abc"),
         *(("close", name) for name in "bac"),
         ("connect", "b"),
+        ("flush", False),
+    ]
+)
+@example(
+    [
+        ("connect", "a"),
+        ("close", "a"),
+        ("tick", 30.0),
+        ("tick", 30.0),
+        ("connect", "a"),  # forgotten, then back: one batch forgets it and writes it again
         ("flush", False),
     ]
 )
@@ -96,7 +110,11 @@ def test_rebuild_of_what_was_persisted_equals_the_registry(ops: list[tuple[objec
                 count, truncated = int(str(op[2])), bool(op[3])
                 messages = [f"{name}{counter + i} \t x" for i in range(count)]
                 counter += count
-                registry.append(name, messages, now, truncated)
+                if op[4]:  # as a run arrives from the wire: its LOG lines' bytes
+                    wire = "".join(f"LOG {message}\n" for message in messages).encode()
+                    registry.append(name, Lines.from_bytes(wire, count, log_messages), now)
+                else:
+                    registry.append(name, messages, now, truncated)
             elif kind == "set" and connected:
                 registry.set_state(name, str(op[2]), f"v{counter}", now)
             elif kind == "close" and connected:

@@ -12,6 +12,7 @@ from logatron_core import (
     Append,
     Claim,
     ErrorCode,
+    Lines,
     MemoryStore,
     NameTaken,
     RegistryRefusal,
@@ -51,7 +52,7 @@ class SharedStore:
             return  # not the connection holding the claim: discarded
         elif isinstance(command, Append):
             stamp, cut = command.timestamp, command.truncated
-            first, _ = store.append(name, command.messages, stamp, cut, 3)
+            first, _ = store.append(name, Lines(command.messages), stamp, cut, 3)
             args = (first, stamp, command.messages, cut)
             self.changes.append(("logged", name, *args))
         elif isinstance(command, SetKey):

@@ -30,17 +30,26 @@ PAGE_TIMEOUT = 15.0  # the page showing something
 
 # What the page shows, read from its DOM in one evaluation.
 PAGE_VIEW = """(() => {
-  const status = document.getElementById("status"), tail = document.getElementById("tail");
-  if (!status || !tail) return JSON.stringify({status: "", clients: {}, tail: ""});
-  const clients = {};
-  for (const card of document.querySelectorAll("#clients [data-client]")) {
-    const part = selector => (card.querySelector(selector) || {}).textContent;
-    clients[card.dataset.client] = {
-      badge: part(".badge"), state: part(".state"), lines: part(".lines"),
+  const $ = id => document.getElementById(id);
+  const text = id => ($(id) || {}).textContent || "";
+  const clients = {}, order = [];
+  for (const row of document.querySelectorAll("#clients tbody tr")) {
+    const cell = selector => (row.querySelector(selector) || {}).textContent;
+    order.push(row.dataset.client);
+    clients[row.dataset.client] = {
+      badge: cell(".badge"), state: cell(".state"), lines: cell(".lines"), last: cell(".last"),
+      selected: row.classList.contains("selected"),
     };
   }
+  const tail = $("tail");
   return JSON.stringify({
-    status: status.textContent, clients, tail: tail.innerText,
+    status: text("status"), connected: text("n-connected"), retained: text("n-retained"),
+    clients, order, shown: text("shown"),
+    tail: tail ? tail.innerText : "",
+    types: tail ? [...tail.querySelectorAll(".entry")].map(e => e.dataset.type) : [],
+    detail: $("detail") ? $("detail").innerText : "",
+    following: text("following"), pause: text("pause"), filterError: text("filter-error"),
+    login: $("login") ? !$("login").hidden : false, loginError: text("login-error"),
   });
 })()"""
 
@@ -153,20 +162,8 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
         yield launched
 
 
-def hold_snapshots(page: Page) -> None:
-    """From now on the browser holds every response of /api/clients until released."""
-    pattern = {"urlPattern": "*/api/clients*", "requestStage": "Response"}
-    page.call("Fetch.enable", {"patterns": [pattern]})
-
-
-def release(page: Page, held: dict[str, Any]) -> None:
-    page.call("Fetch.continueRequest", {"requestId": held["params"]["requestId"]})
-
-
 def view(page: Page) -> dict[str, Any]:
-    """What the page shows (any response held by hold_snapshots released first)."""
-    for held in page.take_events("Fetch.requestPaused"):
-        release(page, held)
+    """What the page shows."""
     result: dict[str, Any] = json.loads(page.evaluate(PAGE_VIEW))
     return result
 
@@ -181,9 +178,28 @@ def wait_for_view(page: Page, what: str, check: Callable[[dict[str, Any]], bool]
     return page.wait_for(poll, what, PAGE_TIMEOUT)
 
 
-def card(current: dict[str, Any], name: str) -> dict[str, str]:
-    found: dict[str, str] = current["clients"].get(name) or {}
+def row(current: dict[str, Any], name: str) -> dict[str, Any]:
+    found: dict[str, Any] = current["clients"].get(name) or {}
     return found
+
+
+def click(page: Page, name: str, *, ctrl: bool = False) -> None:
+    """Click ``name``'s row in the clients' table (with Ctrl held if ``ctrl``)."""
+    selector = json.dumps(f'#clients tr[data-client="{name}"]')
+    page.evaluate(
+        f"document.querySelector({selector}).dispatchEvent("
+        f"new MouseEvent('click', {{bubbles: true, ctrlKey: {json.dumps(ctrl)}}}))"
+    )
+
+
+def type_into(page: Page, element: str, value: str) -> None:
+    """Set an input's value and fire what typing and Enter fire."""
+    page.evaluate(
+        f"(() => {{ const box = document.getElementById({json.dumps(element)});"
+        f" box.value = {json.dumps(value)};"
+        " box.dispatchEvent(new Event('input'));"
+        " box.dispatchEvent(new Event('change')); })()"
+    )
 
 
 def connect_bob(servers: Servers) -> TcpClient:
@@ -193,138 +209,266 @@ def connect_bob(servers: Servers) -> TcpClient:
     return bob
 
 
-def see_bob_connected(page: Page) -> None:
-    page.wait_for_text("bob", "connected", "mood=happy", "first line", timeout=PAGE_TIMEOUT)
-    wait_for_view(
+def see_bob_connected(page: Page) -> dict[str, Any]:
+    return wait_for_view(
         page,
-        "bob's card: connected, mood=happy, first line; status live",
+        "bob's row: connected, mood=happy, 1 line; the tail live with its first line",
         lambda v: (
-            card(v, "bob").get("badge") == "connected"
-            and "mood=happy" in card(v, "bob").get("state", "")
-            and "first line" in card(v, "bob").get("lines", "")
+            row(v, "bob").get("badge") == "connected"
+            and row(v, "bob").get("state") == "mood=happy"
+            and row(v, "bob").get("lines") == "1"
             and v["status"] == "live"
+            and "bob #1 first line" in v["tail"]
         ),
     )
 
 
-def get(servers: Servers, path: str) -> tuple[int, Any]:
-    """(status, JSON body) of a GET on the HTTP server, without credentials."""
+def get(servers: Servers, path: str) -> tuple[int, bytes]:
+    """(status, body) of a GET on the HTTP server, without credentials."""
     connection = http.client.HTTPConnection("127.0.0.1", servers.http_port, timeout=TIMEOUT)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
-        return response.status, json.loads(response.read())
+        return response.status, response.read()
     finally:
         connection.close()
 
 
+TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_status_page_shows_clients_and_follows_them_live(
-    browser: Browser, backend: str, tmp_path: Path
-) -> None:
+def test_status_page_shows_clients_and_follows_them_live(browser: Browser, backend: str) -> None:
     with serving(backend) as servers:
         page = browser.new_page()
         bob = connect_bob(servers)
         try:
             page.navigate(servers.url())
-            see_bob_connected(page)
+            first = see_bob_connected(page)
+            assert re.fullmatch(TIME, row(first, "bob")["last"])
+            assert (first["connected"], first["retained"]) == ("1", "0")
+            assert re.search(rf"^{TIME} bob #1 first line$", first["tail"], re.M)
             page.evaluate("window.notReloaded = true")
 
             bob.send(b"LOG second line from tcp\n")
-            page.wait_for_text("second line from tcp", timeout=PAGE_TIMEOUT)
-            wait_for_view(
-                page,
-                "the live line in bob's card and in the tail",
-                lambda v: (
-                    "second line from tcp" in card(v, "bob").get("lines", "")
-                    and "bob: second line from tcp" in v["tail"]
-                ),
-            )
-
-            # Text is shown as text, never as markup.
+            # Text is shown as text, never as markup; control characters escaped.
             bob.send('LOG <img src=x onerror="window.pwned = 1"> ünïcødé ✓\n'.encode())
-            wait_for_view(
+            bob.send(b"LOG \x1b[31mred\x1b[0m and a bell\x07\n")
+            bob.send(b"SET mood sad\n")
+            with tcp_client(servers.tcp_port) as carol:
+                carol.send(b"IAM carol\nLOG hello from carol\nPING\n")
+                carol.expect(b"PONG\n")
+                wait_for_view(
+                    page,
+                    "carol connected, the live lines and events in the tail",
+                    lambda v: (
+                        "bob #2 second line from tcp" in v["tail"]
+                        and '<img src=x onerror="window.pwned = 1"> ünïcødé ✓' in v["tail"]
+                        and "\\x1b[31mred\\x1b[0m and a bell\\x07" in v["tail"]
+                        and "bob set mood=sad" in v["tail"]
+                        and "carol ● connected" in v["tail"]
+                        and row(v, "bob").get("state") == "mood=sad"
+                        and v["connected"] == "2"
+                    ),
+                )
+            assert page.evaluate("document.querySelector('main img') === null && !window.pwned")
+            closed = wait_for_view(
                 page,
-                "the markup shown as text",
+                "carol's close in the tail, her row retained and after bob's",
                 lambda v: (
-                    '<img src=x onerror="window.pwned = 1"> ünïcødé ✓' in v["tail"]
-                    and "ünïcødé ✓" in card(v, "bob").get("lines", "")
+                    "carol ○ disconnected" in v["tail"]
+                    and row(v, "carol").get("badge") == "retained"
+                    and v["order"] == ["bob", "carol"]
+                    and (v["connected"], v["retained"]) == ("1", "1")
                 ),
             )
-            assert page.evaluate("document.querySelector('main img') === null && !window.pwned")
+            assert {"set", "ready", "close"} <= set(closed["types"])
 
-            bob.send(b"SET mood sad\n")
-            wait_for_view(page, "mood=sad", lambda v: card(v, "bob").get("state") == "mood=sad")
-            page.screenshot(tmp_path / "status.png")  # to look at when in doubt
-            assert (tmp_path / "status.png").read_bytes().startswith(b"\x89PNG")
+            click(page, "bob")
+            detail = wait_for_view(
+                page,
+                "bob's state and log beside the table",
+                lambda v: (
+                    row(v, "bob").get("selected") is True
+                    and "mood" in v["detail"]
+                    and "second line from tcp" in v["detail"]
+                    and v["following"] == "bob"
+                ),
+            )
+            assert re.search(rf"^{TIME}\s+first line$", detail["detail"], re.M)
         finally:
             bob.close()
-
-        final = wait_for_view(
-            page, "bob's badge: retained", lambda v: card(v, "bob").get("badge") == "retained"
-        )
+        wait_for_view(page, "bob retained", lambda v: row(v, "bob").get("badge") == "retained")
         assert page.evaluate("window.notReloaded") is True, "the page was reloaded"
-        # The first line came from the snapshot, the second live: each shows once.
-        assert final["tail"].count("second line from tcp") == 1
-        assert card(final, "bob")["lines"].count("first line") == 1
         assert page.problems() == []
+
+
+def fill(registry: Registry, names: list[str], *, lines: int = 3, retained: int = 0) -> None:
+    """Clients connected straight to ``registry`` (before it serves), each with ``lines`` lines
+    and a state key; the first ``retained`` of them disconnected."""
+    began = time.time()
+    for number, name in enumerate(names):
+        now = began + number / 1000  # the later, the more recent its activity
+        registry.connect(name, now)
+        registry.set_state(name, "version", f"1.{number % 10}", now)
+        registry.append(name, [f"{name} line {i}" for i in range(lines)], now)
+        if number < retained:
+            registry.disconnect(name, now)
+
+
+def test_the_filter_box_the_selection_and_the_tails_filters(browser: Browser) -> None:
+    registry = Registry()
+    fill(registry, ["worker-1", "worker-2", "web"], retained=3)
+    with serving("asyncio", registry=registry) as servers:
+        page = browser.new_page()
+        page.navigate(servers.url())
+        wait_for_view(
+            page, "live, three rows", lambda v: v["status"] == "live" and len(v["order"]) == 3
+        )
+
+        # A name pattern filters the table and the tail follows it, later clients included.
+        type_into(page, "filter", "worker-*")
+        wait_for_view(
+            page,
+            "the workers only; the tail following worker-*",
+            lambda v: (
+                sorted(v["order"]) == ["worker-1", "worker-2"]
+                and v["shown"] == "2 of 3"
+                and v["following"] == "worker-*"
+                and "web line" not in v["tail"]
+            ),
+        )
+        with tcp_client(servers.tcp_port) as web, tcp_client(servers.tcp_port) as w3:
+            web.send(b"IAM web\nLOG web is not followed\nPING\n")
+            web.expect(b"PONG\n")
+            w3.send(b"IAM worker-3\nLOG worker-3 joined later\nPING\n")
+            w3.expect(b"PONG\n")
+            wait_for_view(
+                page,
+                "worker-3 in the tail",
+                lambda v: "worker-3 #" in v["tail"] and "joined later" in v["tail"],
+            )
+            assert "web is not followed" not in view(page)["tail"]
+        # Text filters on names and state.
+        type_into(page, "filter", "=1.1")
+        wait_for_view(page, "worker-2 by its state", lambda v: v["order"] == ["worker-2"])
+        type_into(page, "filter", "")
+        wait_for_view(page, "every row", lambda v: len(v["order"]) == 4)
+
+        # Selecting clients: the tail follows them; include/exclude applied by the server.
+        click(page, "worker-1")
+        click(page, "worker-2", ctrl=True)
+        wait_for_view(page, "following both", lambda v: v["following"] == "worker-1, worker-2")
+        type_into(page, "include", "(a")
+        wait_for_view(page, "RE2's reason", lambda v: "missing )" in v["filterError"])
+        type_into(page, "include", "line [12]$")
+        type_into(page, "exclude", "worker-2 line 2")
+        wait_for_view(
+            page,
+            "the filtered backlog",
+            lambda v: (
+                v["filterError"] == ""
+                and [line.split(" ", 4)[4] for line in v["tail"].splitlines()]
+                == ["worker-1 line 1", "worker-1 line 2", "worker-2 line 1"]
+            ),
+        )
+        type_into(page, "include", "nothing matches this")
+        wait_for_view(page, "waiting", lambda v: v["tail"].strip() == "waiting for lines…")
+
+        # Pause keeps the tail where it is; resuming shows what came meanwhile.
+        type_into(page, "include", "")
+        type_into(page, "exclude", "")
+        wait_for_view(page, "unfiltered", lambda v: "worker-2 line 2" in v["tail"])
+        page.evaluate("document.getElementById('pause').click()")
+        before = view(page)["tail"]
+        with tcp_client(servers.tcp_port) as w1:
+            w1.send(b"IAM worker-1\nLOG while paused\nPING\n")
+            w1.expect(b"PONG\n")
+            wait_for_view(page, "the count of new lines", lambda v: v["pause"] == "Resume (2 new)")
+            assert view(page)["tail"] == before
+            page.evaluate("document.getElementById('pause').click()")
+            wait_for_view(page, "the line after resuming", lambda v: "while paused" in v["tail"])
+
+            # Long lines wrap at spaces; a word longer than the pane breaks, and only it.
+            long_word, words = "x" * 3000, " ".join(["wrap"] * 400)
+            w1.send(f"LOG {long_word}\nLOG {words}\nPING\n".encode())
+            w1.expect(b"PONG\n")
+            wait_for_view(page, "the long lines", lambda v: "wrap wrap" in v["tail"])
+        tail = "document.getElementById('tail')"
+        assert page.evaluate(f"{tail}.scrollWidth <= {tail}.clientWidth"), "no sideways scroll"
+        style = page.evaluate(
+            "(s => s.overflowWrap + ' ' + s.wordBreak)"
+            "(getComputedStyle(document.querySelector('#tail .entry')))"
+        )
+        assert style == "break-word normal"
+        # By now, two polls at least: the server's rate is drawn (in its blue), and the
+        # selection's (in orange) in a band of its own.
+        colours = (
+            "(() => { const c = document.getElementById('chart');"
+            " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            " let blue = false, orange = false;"
+            " for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 200) {"
+            "   blue = blue || (d[i + 2] > 180 && d[i] < 120);"
+            "   orange = orange || (d[i] > 180 && d[i + 2] < 80); }"
+            " return blue && orange; })()"
+        )
+        page.wait_for(lambda: page.evaluate(colours), "both rates drawn", PAGE_TIMEOUT)
+        # The refused pattern's 400, asked for on purpose, is the only failed load.
+        assert [p for p in page.problems() if "status of 400" not in p] == []
 
 
 def test_status_page_with_a_token(browser: Browser) -> None:
     with serving("asyncio", token="s3cret") as servers:
+        status, shell = get(servers, "/")
+        assert status == 200 and b"<title>Logatron</title>" in shell
         assert get(servers, "/api/clients")[0] == 401
         page = browser.new_page()
-        # Without the token the page itself loads, and says what it needs.
-        page.navigate(servers.url("/"))
-        hint = "this server needs ?token=<token> in the address"
-        wait_for_view(page, "the token hint", lambda v: v["status"] == hint)
-        page = browser.new_page()
-        with tcp_client(servers.tcp_port) as bob:
-            bob.send(b"IAM bob\nSET mood happy\nLOG first line\nPING\n")
-            bob.expect(b"PONG\n")
-            page.navigate(servers.url("/?token=s3cret"))
-            see_bob_connected(page)
-
-            bob.send(b"LOG second line from tcp\n")
-            wait_for_view(
-                page,
-                "the live line, through the WebSocket with ?token=",
-                lambda v: "bob: second line from tcp" in v["tail"],
-            )
-        assert page.problems() == []
-
-
-def test_state_changed_while_the_page_loads_is_not_lost(browser: Browser) -> None:
-    """A SET and a close that happen after the page's snapshot of /api/clients but before its
-    WebSocket tail is subscribed carry no seq, so the tail's since= cursor cannot replay them:
-    the page must still end up showing them."""
-    with serving("asyncio") as servers:
-        page = browser.new_page()
-        hold_snapshots(page)
         with tcp_client(servers.tcp_port) as bob:
             bob.send(b"IAM bob\nSET mood happy\nLOG first line\nPING\n")
             bob.expect(b"PONG\n")
             page.navigate(servers.url())
-            held = page.wait_for_event("Fetch.requestPaused", timeout=PAGE_TIMEOUT)
-            bob.send(b"SET mood changed meanwhile\nLOG line meanwhile\nPING\n")
-            bob.expect(b"PONG\n")
-        deadline = time.monotonic() + TIMEOUT
-        while get(servers, "/api/clients/bob")[1]["connected"]:
-            assert time.monotonic() < deadline, "the server did not see bob leave"
-            time.sleep(0.02)
-        release(page, held)
-        final = wait_for_view(
-            page,
-            "bob retained, with mood=changed meanwhile and the line sent meanwhile",
-            lambda v: (
-                card(v, "bob").get("badge") == "retained"
-                and card(v, "bob").get("state") == "mood=changed meanwhile"
-                and "line meanwhile" in card(v, "bob").get("lines", "")
-                and "bob: line meanwhile" in v["tail"]
-            ),
+            wait_for_view(page, "the token prompt", lambda v: v["login"] and not v["clients"])
+            type_into(page, "token-input", "wrong")
+            page.evaluate("document.querySelector('#login form').requestSubmit()")
+            wait_for_view(page, "a refusal", lambda v: v["loginError"] == "That token was refused.")
+            type_into(page, "token-input", "s3cret")
+            page.evaluate("document.querySelector('#login form').requestSubmit()")
+            see_bob_connected(page)
+            bob.send(b"LOG second line from tcp\n")
+            wait_for_view(page, "a live line", lambda v: "second line from tcp" in v["tail"])
+
+            # Kept for the tab's session: a reload asks no more.
+            page.navigate(servers.url())
+            reloaded = wait_for_view(
+                page, "live again", lambda v: row(v, "bob").get("lines") == "2"
+            )
+            assert not reloaded["login"]
+            # ?token= works too, and leaves the address bar.
+            other = browser.new_page()
+            other.navigate(servers.url("/?token=s3cret"))
+            wait_for_view(other, "bob", lambda v: "second line from tcp" in v["tail"])
+            assert other.evaluate("location.search") == ""
+        # The 401s before the token was given are the only failed loads.
+        assert [p for p in page.problems() if "status of 401" not in p] == []
+        assert other.problems() == []
+
+
+def test_a_page_of_1000_clients(browser: Browser) -> None:
+    """Every row drawn; the time from navigation to the table painted is kept in
+    window.logatronTimings.table (benchmarks/bench_page.py measures it)."""
+    registry = Registry()
+    names = [f"client-{i:04d}" for i in range(1000)]
+    fill(registry, names, lines=5, retained=300)
+    with serving("asyncio", registry=registry) as servers:
+        page = browser.new_page()
+        page.navigate(servers.url())
+        shown = wait_for_view(page, "a thousand rows", lambda v: len(v["order"]) == 1000)
+        assert (shown["connected"], shown["retained"]) == ("700", "300")
+        assert shown["order"][0] == "client-0999" and shown["order"][-1] == "client-0000"
+        took = page.wait_for(
+            lambda: page.evaluate("window.logatronTimings.table"), "the timing", PAGE_TIMEOUT
         )
-        assert card(final, "bob")["lines"].count("line meanwhile") == 1
-        assert final["tail"].count("line meanwhile") == 1
+        assert 0 < took < 5000  # ms; under 1 s on a quiet machine (benchmarks/README.md)
         assert page.problems() == []
 
 
@@ -334,21 +478,14 @@ def test_a_burst_is_drawn_in_full_and_the_tail_stays_bounded(browser: Browser) -
         bob.expect(b"PONG\n")
         page = browser.new_page()
         page.navigate(servers.url())
-        wait_for_view(
-            page,
-            "bob connected, the tail live",
-            lambda v: card(v, "bob").get("badge") == "connected" and v["status"] == "live",
-        )
+        wait_for_view(page, "live", lambda v: v["status"] == "live" and "bob" in v["clients"])
 
         bob.send(b"".join(b"LOG burst %d\n" % i for i in range(1200)) + b"PING\n")
         bob.expect(b"PONG\n")
-        wait_for_view(page, "the whole burst", lambda v: "bob: burst 1199" in v["tail"])
+        wait_for_view(page, "the whole burst", lambda v: "bob #1200 burst 1199" in v["tail"])
         tail = "document.getElementById('tail')"
         assert page.evaluate(f"{tail}.childElementCount") == 500  # TAIL_LINES
-        assert "bob: burst 699\n" not in view(page)["tail"]
-        lines = card(view(page), "bob")["lines"].splitlines()
-        newest = [f"burst {i}" for i in range(1190, 1200)]  # LAST_LINES of them
-        assert [line.split("  ", 1)[1] for line in lines] == newest
+        assert "burst 699\n" not in view(page)["tail"]
         # The tail follows the newest line...
         assert page.evaluate(f"{tail}.scrollHeight - {tail}.scrollTop - {tail}.clientHeight") < 2
         # ...unless the reader scrolled up to read.
@@ -359,49 +496,15 @@ def test_a_burst_is_drawn_in_full_and_the_tail_stays_bounded(browser: Browser) -
         )
         reading = page.evaluate(top_line)
         bob.send(b"LOG one more\n")
-        wait_for_view(page, "one more line", lambda v: "bob: one more" in v["tail"])
+        wait_for_view(page, "one more line", lambda v: "bob #1201 one more" in v["tail"])
         assert page.evaluate(top_line) == reading
         assert page.evaluate(f"{tail}.scrollTop") <= 100
         assert page.problems() == []
 
 
-def test_lines_evicted_before_the_tail_starts_show_as_a_gap(browser: Browser) -> None:
-    with (
-        serving("asyncio", registry=Registry(buffer_size=3)) as servers,
-        tcp_client(servers.tcp_port) as bob,
-    ):
-        bob.send(b"IAM bob\nLOG first line\nPING\n")
-        bob.expect(b"PONG\n")
-        page = browser.new_page()
-        hold_snapshots(page)
-        page.navigate(servers.url())
-        held = page.wait_for_event("Fetch.requestPaused", timeout=PAGE_TIMEOUT)
-        bob.send(b"".join(b"LOG line %d\n" % i for i in range(10)) + b"PING\n")
-        bob.expect(b"PONG\n")
-        release(page, held)  # a snapshot with seq 1 the newest: lines 2-8 will be gone
-        final = wait_for_view(
-            page,
-            "the last line, and bob's card from the second snapshot",
-            lambda v: (
-                "bob: line 9" in v["tail"] and "first line" not in card(v, "bob").get("lines", "")
-            ),
-        )
-        # Each tail line: "#seq <local time> client: message".
-        tail = [re.sub(r"^#\S+ .*? (?=\w+: )", "", line) for line in final["tail"].splitlines()]
-        assert tail == [
-            "logatron: 7 lines missed (gap)",
-            "bob: line 7",
-            "bob: line 8",
-            "bob: line 9",
-        ]
-        lines = card(final, "bob")["lines"].splitlines()
-        assert [line.split("  ", 1)[1] for line in lines] == ["line 7", "line 8", "line 9"]
-        assert page.problems() == []
-
-
-def test_a_lagging_tail_resyncs_the_clients(browser: Browser) -> None:
+def test_a_lagging_tail_catches_up(browser: Browser) -> None:
     """Past its queue bound the tail drops events (a "lagged" notice says how many): the
-    page must not keep showing the state those events changed."""
+    page says so and its table does not keep the state those events changed."""
     with (
         serving("asyncio", tail_options=TailOptions(max_queue_lines=1)) as servers,
         tcp_client(servers.tcp_port) as bob,
@@ -413,20 +516,19 @@ def test_a_lagging_tail_resyncs_the_clients(browser: Browser) -> None:
         wait_for_view(
             page,
             "count=start, the tail live",
-            lambda v: card(v, "bob").get("state") == "count=start" and v["status"] == "live",
+            lambda v: row(v, "bob").get("state") == "count=start" and v["status"] == "live",
         )
-
         bob.send(b"".join(b"SET count %d\n" % i for i in range(200)) + b"LOG done\nPING\n")
         bob.expect(b"PONG\n")
         final = wait_for_view(
             page,
-            "count=199 and the line after the burst",
+            "count=199 and the notice",
             lambda v: (
-                card(v, "bob").get("state") == "count=199"
-                and "done" in card(v, "bob").get("lines", "")
+                row(v, "bob").get("state") == "count=199"
+                and "events missed (this page fell behind)" in v["tail"]
             ),
         )
-        assert "events missed (lagged)" in final["tail"]
+        assert final["types"].count("lagged") >= 1
         assert page.problems() == []
 
 
@@ -453,12 +555,13 @@ def test_the_page_reconnects_when_the_http_server_comes_back(browser: Browser) -
             "the page back, with what happened meanwhile",
             lambda v: (
                 v["status"] == "live"
-                and card(v, "bob").get("state") == "mood=back"
-                and "while the page was away" in card(v, "bob").get("lines", "")
+                and row(v, "bob").get("state") == "mood=back"
+                and "bob #2 while the page was away" in v["tail"]
             ),
         )
         bob.send(b"LOG after the restart\n")
-        wait_for_view(page, "the live tail", lambda v: "bob: after the restart" in v["tail"])
+        final = wait_for_view(page, "the live tail", lambda v: "after the restart" in v["tail"])
+        assert final["tail"].count("first line") == 1  # resumed after the last seq shown
         assert page.evaluate("window.notReloaded") is True
         # Failed loads while the server was down are expected; script errors are not.
         assert [p for p in page.problems() if p.startswith("exception")] == []

@@ -19,6 +19,7 @@ from wsproto import WSConnection
 from logatron_core import ErrorCode, LogSource, NoSuchClient, is_valid_name
 
 from ._durable import StoreHealth
+from ._filters import ClientFilter, FilterError, LineFilter, client_filter, line_filter
 from ._messages import (
     client_payload,
     clients_payload,
@@ -103,22 +104,25 @@ class Api:
         return Reply(200, self._client_body(self._known(request.params["name"]), None))
 
     async def client_log(self, request: ApiRequest) -> Reply:
-        return await self._entries(request, self._known(request.params["name"]), named=True)
+        name = self._known(request.params["name"])
+        return await self._entries(request, name, None, _lines(request), named=True)
 
     async def client_state(self, request: ApiRequest) -> Reply:
         name = self._known(request.params["name"])
         return json_reply(200, state_json(name, self.registry.state(name)))
 
     async def recent(self, request: ApiRequest) -> Reply:
-        client = request.query.client()
-        known = None if client is None else self._known(client)
-        return await self._entries(request, known, named=False)
+        clients = _clients(request)
+        exact = None if clients is None or clients.exact is None else self._known(clients.exact)
+        if exact is not None:
+            clients = None  # read that client's records alone
+        return await self._entries(request, exact, clients, _lines(request), named=False)
 
     async def tail(self, request: ApiRequest) -> Upgrade:
         if not request.websocket or request.method != "GET":
             upgrade = (("upgrade", "websocket"), ("connection", "upgrade"))
             raise HttpError(426, "upgrade-required", "/api/tail is a WebSocket", upgrade)
-        client = request.query.client()
+        clients, lines = _clients(request), _lines(request)
         since = request.query.integer("since", 0)
         newest = request.query.integer("tail", 0)
         registry, options = self.registry, self.tail_options
@@ -130,7 +134,8 @@ class Api:
                 stream,
                 ws,
                 registry,
-                client=client,
+                clients=clients,
+                lines=lines,
                 since=since,
                 options=options,
                 send_timeout=send_timeout,
@@ -139,11 +144,20 @@ class Api:
 
         return Upgrade(serve)
 
-    async def _entries(self, request: ApiRequest, client: str | None, *, named: bool) -> Reply:
+    async def _entries(
+        self,
+        request: ApiRequest,
+        client: str | None,
+        clients: ClientFilter | None,
+        lines: LineFilter | None,
+        *,
+        named: bool,
+    ) -> Reply:
         """``entries_payload`` of every client's (or one ``client``'s, ``named`` in the
-        answer if ``named``) entries for ``since`` and ``limit`` (the oldest N) or ``tail``
-        (the newest N): a snapshot of the registry's runs (cheap), encoded with a checkpoint
-        every ENCODE_CHUNK_LINES lines, so a large answer never stalls ingest or the tails."""
+        answer if ``named``; or the ``clients`` a filter accepts) entries that ``lines`` keeps,
+        for ``since`` and ``limit`` (the oldest N) or ``tail`` (the newest N): a snapshot of the
+        registry's runs (cheap), filtered and encoded with a checkpoint every
+        ENCODE_CHUNK_LINES lines, so a large answer never stalls ingest or the tails."""
         since = request.query.integer("since", 0) or 0
         limit = request.query.integer("limit", 1)
         newest = request.query.integer("tail", 0)
@@ -153,15 +167,20 @@ class Api:
             )
         snapshot = self.registry.snapshot(since, client)
         runs, last_seq = snapshot.runs, snapshot.last_seq
+        if clients is not None:
+            runs = clients.runs(runs)
         if newest is not None:
-            runs = newest_runs(runs, newest)
+            runs, lines = newest_runs(runs, newest, lines), None
         entries: list[bytes] = []
         since_checkpoint = 0
         for run in runs:
-            left = None if limit is None else limit - len(entries)
-            if left == 0:
+            for part in [run] if lines is None else lines.runs(run):
+                left = None if limit is None else limit - len(entries)
+                if left == 0:
+                    break
+                entries += run_payloads(part, limit=left)
+            if limit is not None and len(entries) >= limit:
                 break
-            entries += run_payloads(run, limit=left)
             since_checkpoint += len(run.messages)
             if since_checkpoint >= ENCODE_CHUNK_LINES:
                 since_checkpoint = 0
@@ -184,6 +203,23 @@ class Api:
         except NoSuchClient:
             raise HttpError(404, "no-such-client", f"no such client: {name}") from None
         return name
+
+
+def _clients(request: ApiRequest) -> ClientFilter | None:
+    """The ``client=`` patterns' filter; raises HttpError (400)."""
+    try:
+        return client_filter(request.query.texts("client"))
+    except FilterError as error:
+        raise HttpError(400, "bad-request", str(error)) from None
+
+
+def _lines(request: ApiRequest) -> LineFilter | None:
+    """The ``include=``/``exclude=`` patterns' filter; raises HttpError (400)."""
+    query = request.query
+    try:
+        return line_filter(query.texts("include"), query.texts("exclude"))
+    except FilterError as error:
+        raise HttpError(400, "bad-request", str(error)) from None
 
 
 def _metric(

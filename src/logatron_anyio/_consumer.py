@@ -15,7 +15,7 @@ of the API's JSON are in ``_decode.py``.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -80,6 +80,14 @@ async def _call(callback: Callable[..., Awaitable[None] | None], *args: object) 
     result = callback(*args)
     if result is not None:
         await result
+
+
+def _filters(
+    client: str | Sequence[str] | None, include: Sequence[str], exclude: Sequence[str]
+) -> dict[str, Any]:
+    """The query parameters of the server-side filters (lists: repeated parameters)."""
+    clients = [client] if isinstance(client, str) else None if client is None else list(client)
+    return {"client": clients, "include": list(include) or None, "exclude": list(exclude) or None}
 
 
 class TailStream:
@@ -151,22 +159,25 @@ class Consumer:
 
     async def recent(
         self,
-        client: str | None = None,
+        client: str | Sequence[str] | None = None,
         *,
         since: int = 0,
         limit: int | None = None,
         newest: int | None = None,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
     ) -> list[LogEntry]:
-        """Buffered entries of every client (or one) with ``seq > since``, ordered by seq:
-        the oldest ``limit`` of them (to page forward) or the newest ``newest`` (``?tail=N``),
-        not both.
+        """Buffered entries of every client (or of ``client``: a name, a shell-style pattern
+        such as ``worker-*``, or several) with ``seq > since``, ordered by seq: the oldest
+        ``limit`` of them (to page forward) or the newest ``newest`` (``?tail=N``), not both;
+        only lines matching any ``include`` and no ``exclude`` pattern (RE2 syntax), if given.
 
-        Raises NotFound for an unknown client. ``sort_entries()`` orders them by timestamp.
+        Raises NotFound for an unknown client (a single name), BadResponse for a pattern the
+        server refuses. ``sort_entries()`` orders them by timestamp.
         """
-        query: dict[str, Any] = {"since": since}
-        for key, value in (("client", client), ("limit", limit), ("tail", newest)):
-            if value is not None:
-                query[key] = value
+        query = {**_filters(client, include, exclude), "limit": limit, "tail": newest}
+        query = {key: value for key, value in query.items() if value is not None}
+        query["since"] = since
         return await self._get_json(
             "/api/recent", query, lambda body: [decode_entry(entry) for entry in body["entries"]]
         )
@@ -175,7 +186,7 @@ class Consumer:
         self, path: str, query: dict[str, Any] | None, decoder: Callable[[Any], _T]
     ) -> _T:
         """GET ``path`` and decode its JSON; raises the ConsumerError that fits."""
-        target = path + ("?" + urlencode(query) if query else "")
+        target = path + ("?" + urlencode(query, doseq=True) if query else "")
         try:
             with anyio.fail_after(self.timeout):
                 status, body = await self._get(target)
@@ -236,10 +247,12 @@ class Consumer:
 
     def tail(
         self,
-        client: str | None = None,
+        client: str | Sequence[str] | None = None,
         *,
         since: int | None = None,
         newest: int | None = None,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
         on_connect: Callable[[], Awaitable[None] | None] | None = None,
         reconnect: bool = True,
         keepalive: float = 30.0,
@@ -247,7 +260,10 @@ class Consumer:
         on_retry: Callable[[ConsumerError | None], Awaitable[None] | None] | None = None,
     ) -> TailStream:
         """Follow the server: the backlog after ``since`` (all of it if None; only its newest
-        ``newest`` lines if given), ``Current``, then live events, for every client or one.
+        ``newest`` lines if given), ``Current``, then live events, for every client or those
+        ``client`` names (a name, a shell-style pattern, or several: clients that connect
+        later included); log lines only if they match any ``include`` and no ``exclude``
+        pattern (RE2 syntax), if given.
 
         Use as ``async with consumer.tail() as events: async for event in events: ...`` so
         the connection is closed when you stop (or call ``aclose()``).
@@ -262,17 +278,18 @@ class Consumer:
         exist yet may connect later).
         """
         hooks = _Hooks(on_connect, on_retry, reconnect, keepalive, max_backoff)
-        return TailStream(self._follow(client, since, newest, hooks))
+        filters = _filters(client, include, exclude)
+        return TailStream(self._follow(filters, since, newest, hooks))
 
     async def _follow(
-        self, client: str | None, since: int | None, newest: int | None, hooks: _Hooks
+        self, filters: dict[str, Any], since: int | None, newest: int | None, hooks: _Hooks
     ) -> AsyncGenerator[TailEvent, None]:
         # After the first backlog, a reconnect resumes after the cursor: every line after it.
         cursor = since
         backoff = 0.1
         while True:
             failure: ConsumerError | None = None
-            query = {"client": client, "since": cursor, "tail": newest}
+            query = {**filters, "since": cursor, "tail": newest}
             try:
                 session = self._tail_once(query, hooks)
                 async with aclosing(session):
@@ -302,7 +319,7 @@ class Consumer:
         """One WebSocket session (``query``'s None values left out); ends when the server
         closes it or the connection dies."""
         given = {key: value for key, value in query.items() if value is not None}
-        target = "/api/tail" + ("?" + urlencode(given) if given else "")
+        target = "/api/tail" + ("?" + urlencode(given, doseq=True) if given else "")
         keepalive, on_connect = hooks.keepalive, hooks.on_connect
         stream = await self._connect()
         async with stream:

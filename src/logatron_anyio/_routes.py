@@ -22,8 +22,6 @@ from urllib.parse import parse_qs, unquote
 import anyio.abc
 from wsproto import WSConnection
 
-from logatron_core import is_valid_name
-
 from ._messages import dumps, error_json
 
 __all__ = [
@@ -85,6 +83,10 @@ class Query:
         values = self._values.get(name)
         return values[-1] if values else None
 
+    def texts(self, name: str) -> list[str]:
+        """Every value of a repeatable parameter, in order."""
+        return list(self._values.get(name, ()))
+
     def integer(self, name: str, minimum: int) -> int | None:
         raw = self.text(name)
         if raw is None:
@@ -96,12 +98,6 @@ class Query:
         if value < minimum:
             raise HttpError(400, "bad-request", f"{name} must be at least {minimum}")
         return value
-
-    def client(self) -> str | None:
-        name = self.text("client")
-        if name is not None and not is_valid_name(name):
-            raise HttpError(400, "bad-request", f"invalid client name: {name!r}")
-        return name
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,13 @@ Every protocol decision is the core's; this module moves bytes. Strategy, for sp
 connection reads with large receives (64 KiB) and hands each chunk to
 ``Session.receive_data`` at once, so the per-chunk overhead is spread over thousands of lines.
 Replies (``PONG``/``ERR``) wait in the session (bounded by the core, which drops and counts
-what a peer that never reads would pile up) and are written by a per-connection writer task, so
+what a peer that never reads would pile up) and are written by a writer task of their own, so
 such a peer can neither slow its own reader nor anyone else.
+
+Memory, for fleets of mostly idle clients: a connection holds its task, its session and a
+small ``_Connection``, nothing more while it waits for bytes: no task group of its own, no
+chunk kept from one receive to the next, and a writer task only while replies wait to be
+written (started when a reply comes, ended once it is written).
 
 Retention: one task sleeps until the registry's next deadline (``Registry.next_deadline``), and
 is woken early whenever a connection closes (a newly retained client may bring it forward).
@@ -17,12 +22,13 @@ connection ended.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
 import time
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -66,47 +72,78 @@ class StoreDriver(Protocol):
         """Return once the store accepts more (at once unless its writes are failing)."""
 
 
-class _Writer:
-    """A connection's writer task: writes the session's replies (bounded in the core) as they
-    come, and the last ones once the reader is done, within a grace period."""
+class _Connection:
+    """What one connection keeps between receives: its session, its stream, its peer, and the
+    cancel scope of its writer task while one runs (None otherwise)."""
 
-    __slots__ = ("_finished", "_session", "_wakeup", "stop_reading")
+    __slots__ = ("_ended", "_spawn", "_writing", "peer", "session", "stream")
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self._wakeup = anyio.Event()
-        self._finished = False
-        # Ends the reader when the session was closed outside it (a claim a shared store
-        # refused late): the fatal ERR written, the connection ends.
-        self.stop_reading: Callable[[], object] | None = None
+    def __init__(
+        self,
+        session: Session,
+        stream: anyio.abc.SocketStream,
+        spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], object],
+    ) -> None:
+        self.session = session
+        self.stream = stream
+        self.peer = "?"
+        self._spawn = spawn
+        self._writing: anyio.CancelScope | None = None
+        self._ended: anyio.Event | None = None  # set when the writer ends, if one waits
 
     def wake(self) -> None:
-        """Replies are waiting (or the reader is done)."""
-        self._wakeup.set()
+        """Replies wait in the session: start the writer task unless it runs."""
+        if self._writing is None:
+            self._writing = anyio.CancelScope()
+            self._spawn(self._write)
 
-    def finish(self) -> None:
-        """No more replies will come: write what waits, then end."""
-        self._finished = True
-        self._wakeup.set()
+    __call__ = wake  # the session's on_replies (no bound method kept per connection)
 
-    async def run(self, stream: anyio.abc.SocketStream) -> None:
-        """Until finished and nothing is left to write (PONGs still held by the store
-        included); the connection's handler bounds the wait after the reader is done."""
-        session = self._session
+    async def _write(self) -> None:
+        """The writer task: write the replies as they come; end once none waits."""
+        scope = self._writing
+        assert scope is not None
+        try:
+            with scope:
+                await self._send_waiting()
+            if self.session.closed:
+                # Closed outside the reader (a claim a shared store refused late): its fatal
+                # ERR written, the reader's receive ends as if the peer had closed.
+                raw = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+                with contextlib.suppress(OSError):
+                    raw.shutdown(socket.SHUT_RD)
+        except Exception as error:  # a bug here must never take the whole server down
+            _log_failure("writing to %s failed", self.peer, error)
+        finally:
+            self._writing = None
+            if self._ended is not None:
+                self._ended.set()
+
+    async def flush(self) -> None:
+        """Wait for the writer, then write the replies still waiting (a fatal ``ERR``), and
+        the ``PONG``s a store still holds once it releases them (a peer may half-close after
+        its ``PING``); the caller bounds the wait."""
         while True:
-            data = session.data_to_send()
-            if data:
-                try:
-                    await stream.send(data)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    return  # the peer is gone; the reader will see it too
-                continue  # more may have come meanwhile
-            if session.closed and self.stop_reading is not None:
-                self.stop_reading()
-            if self._finished and not session.pongs_held:
+            if self._writing is not None:
+                self._ended = anyio.Event()
+                await self._ended.wait()
+            await self._send_waiting()
+            if not self.session.pongs_held:
                 return
-            await self._wakeup.wait()
-            self._wakeup = anyio.Event()
+            self._ended = anyio.Event()  # set by the writer that their release starts
+            await self._ended.wait()
+
+    async def _send_waiting(self) -> None:
+        """Write what waits in the session, and what comes meanwhile, until nothing does."""
+        try:
+            while data := self.session.data_to_send():
+                await self.stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass  # the peer is gone; the reader will see it too
+
+    def stop_writing(self) -> None:
+        if self._writing is not None:
+            self._writing.cancel()
 
 
 def _format_address(address: tuple[str, int]) -> str:
@@ -120,6 +157,8 @@ class LogatronServer:
     ``port=0`` picks an ephemeral port; once ``serve()`` has started (``await
     tg.start(server.serve)``), ``port`` and ``address`` hold the real ones. ``registry`` is
     shared by every connection (a new default one if not given); ``clock`` gives the timestamps.
+    ``store_driver``: a store that writes in the background (``--data-dir``), told when a
+    ``PONG`` waits for it and waited for while its writes fail (back-pressure).
     """
 
     def __init__(
@@ -142,6 +181,8 @@ class LogatronServer:
         self.address: tuple[str, int] = (host, port)
         self.store_driver = store_driver
         self._retention_changed: anyio.Event | None = None
+        # Starts a task in serve()'s task group (where writer tasks run), made once: shared.
+        self._spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], object] | None = None
 
     def events(self, max_queue: int = 1000, *, client: str | None = None) -> EventStream:
         """Registry events from now on (of every client, or ``client``'s), through a queue of
@@ -167,6 +208,7 @@ class LogatronServer:
             self.address = (str(bound[0]), int(bound[1]))
             self.port = self.address[1]
             self._retention_changed = anyio.Event()
+            self._spawn = tg.start_soon
             tg.start_soon(serve_listener, listener, self._handle, logger)
             tg.start_soon(self._expire_at_deadlines)
             logger.info(
@@ -189,78 +231,73 @@ class LogatronServer:
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         session = Session(self.registry, max_line_bytes=self.max_line_bytes)
-        peer = "?"
+        assert self._spawn is not None
+        connection = _Connection(session, stream, self._spawn)
+        session.on_replies = connection  # PONGs released later (a durable store): write them
         try:
             raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
             try:
-                peer = _format_address(raw.getpeername())
+                connection.peer = _format_address(raw.getpeername())
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass  # the peer is gone already: the first receive will say so
-            writer = _Writer(session)
-            session.on_replies = writer.wake  # PONGs released by the store's confirmation
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(writer.run, stream)
+            # Until the session closes (the peer closed, the connection broke, a fatal error);
+            # written so that no chunk (nor bound method) stays referenced while the next
+            # receive waits.
+            registry, driver = self.registry, self.store_driver
+            while not session.closed:
+                if driver is not None:
+                    await driver.wait_writable()  # back-pressure while the store cannot write
                 try:
-                    with anyio.CancelScope() as reading:
-                        writer.stop_reading = reading.cancel
-                        await self._read_loop(stream, session, writer, peer)
-                finally:
-                    writer.finish()
-                # The writer flushes the last replies (a fatal ERR), within a grace period.
-                tg.cancel_scope.deadline = anyio.current_time() + CLOSE_GRACE_SECONDS
+                    events = session.receive_data(await stream.receive(RECEIVE_BYTES), self.clock())
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    events = session.receive_data(b"", self.clock())
+                if events:
+                    _log_session_events(events, session.name, connection.peer)
+                    events = ()  # not kept while the next receive waits
+                if session.has_replies:
+                    connection.wake()
+                if driver is not None and registry.pongs_waiting:
+                    driver.pong_held()
         except Exception as error:  # a bug here must never take the whole server down
-            logger.exception(
-                "connection from %s failed",
-                peer,
-                extra={"event": "connection-failed", "peer": peer, "error": repr(error)},
-            )
+            _log_failure("connection from %s failed", connection.peer, error)
         finally:
-            if not session.closed:
-                try:
-                    session.receive_data(b"", self.clock())
-                except Exception as error:
-                    logger.exception(
-                        "closing the session of %s failed",
-                        peer,
-                        extra={"event": "connection-failed", "peer": peer, "error": repr(error)},
-                    )
-            if self._retention_changed is not None:
-                self._retention_changed.set()
-            if session.name is not None:
-                logger.info(
-                    "client %s disconnected (%s)",
-                    session.name,
-                    peer,
-                    extra={"event": "client-closed", "client": session.name, "peer": peer},
-                )
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-
-    async def _read_loop(
-        self, stream: anyio.abc.SocketStream, session: Session, writer: _Writer, peer: str
-    ) -> None:
-        receive = stream.receive
-        feed = session.receive_data
-        clock = self.clock
-        registry, driver = self.registry, self.store_driver
-        while True:
-            if driver is not None:
-                await driver.wait_writable()  # back-pressure while the store cannot write
             try:
-                data = await receive(RECEIVE_BYTES)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                data = b""
-            events = feed(data, clock())
-            if events:
-                _log_session_events(events, session.name, peer)
-            if session.has_replies:
-                writer.wake()
-            if driver is not None and registry.pongs_waiting:
-                driver.pong_held()
-            if session.closed or not data:
-                return
+                self._closed(connection)
+                # The last replies (a fatal ERR) are written within a grace period.
+                with anyio.move_on_after(CLOSE_GRACE_SECONDS):
+                    await connection.flush()
+            finally:
+                connection.stop_writing()
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()
+
+    def _closed(self, connection: _Connection) -> None:
+        """The session ends (its client's ``close`` is delivered) and the retention task is
+        told."""
+        session, peer = connection.session, connection.peer
+        if not session.closed:
+            try:
+                session.receive_data(b"", self.clock())
+            except Exception as error:
+                _log_failure("closing the session of %s failed", peer, error)
+        if self._retention_changed is not None:
+            self._retention_changed.set()
+        if session.name is not None:
+            logger.info(
+                "client %s disconnected (%s)",
+                session.name,
+                peer,
+                extra={"event": "client-closed", "client": session.name, "peer": peer},
+            )
+
+
+def _log_failure(text: str, peer: str, error: Exception) -> None:
+    """A failure around one connection (``text`` names it with ``%s`` for the peer)."""
+    logger.exception(
+        text, peer, extra={"event": "connection-failed", "peer": peer, "error": repr(error)}
+    )
 
 
 def _log_session_events(events: Sequence[SessionEvent], name: str | None, peer: str) -> None:

@@ -32,23 +32,39 @@ def _weight(event: RegistryEvent) -> int:
     return len(event.messages) if isinstance(event, Logged) else 1
 
 
+def _accepted(
+    source: LogSource, snapshot: Snapshot, since: int, accepts: Callable[[str], bool]
+) -> Snapshot:
+    """``snapshot`` (of every client) cut to the clients ``accepts`` takes. Called right after
+    ``follow``, with no await in between: the per-client reads see the same instant."""
+    runs = [run for run in snapshot.runs if accepts(run.name)]
+    missed = snapshot.missed
+    if missed:
+        names = [name for name in source.names() if accepts(name)]
+        missed = min(missed, sum(source.snapshot(since, name).missed for name in names))
+    return Snapshot(runs, snapshot.last_seq, missed)
+
+
 class EventStream:
     """Registry events through a bounded queue; an async iterator and an async context manager.
 
-    Subscribes at creation, to every client or to ``client`` only; with ``since``, it also takes
-    ``source``'s snapshot after that cursor in the same step (``snapshot``), so that every line
-    is either in the snapshot or in the stream, never both. The subscriber never waits:
-    when ``max_queue`` lines are queued (a run of lines counts its length, other events one),
-    later events are dropped and the consumer then receives a :class:`Lagged` notice, in order,
-    before the events kept after the drop. One event larger than the bound is still queued
-    when the queue is empty, so memory stays within the bound plus one chunk's lines.
-    ``on_drop(count)``, if given, is called as lines are dropped (for metrics). ``aclose()``
-    (or leaving the ``async with`` block) unsubscribes and ends the iteration. Raises
-    ValueError for ``max_queue`` below 1.
+    Subscribes at creation, to every client, to ``client`` only (a name), or to the clients
+    whose name ``client`` accepts (a predicate, such as a ``ClientFilter``: clients that connect
+    later included); with ``since``, it also takes ``source``'s snapshot after that cursor in
+    the same step (``snapshot``), so that every line is either in the snapshot or in the stream,
+    never both. With a predicate, the snapshot holds the accepted clients' runs and its
+    ``missed`` counts the lines missed of the accepted clients ``source`` still knows. The
+    subscriber never waits: when ``max_queue`` lines are queued (a run of lines counts its
+    length, other events one), later events are dropped and the consumer then receives a
+    :class:`Lagged` notice, in order, before the events kept after the drop. One event larger
+    than the bound is still queued when the queue is empty, so memory stays within the bound
+    plus one chunk's lines. ``on_drop(count)``, if given, is called as lines are dropped (for
+    metrics). ``aclose()`` (or leaving the ``async with`` block) unsubscribes and ends the
+    iteration. Raises ValueError for ``max_queue`` below 1.
     """
 
     __slots__ = (
-        "_client",
+        "_accepts",
         "_closed",
         "_max_queue",
         "_missed",
@@ -65,14 +81,15 @@ class EventStream:
         source: LogSource,
         max_queue: int = 1000,
         *,
-        client: str | None = None,
+        client: str | Callable[[str], bool] | None = None,
         on_drop: Callable[[int], object] | None = None,
         since: int | None = None,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, not {max_queue}")
         self._max_queue = max_queue
-        self._client = client
+        # Whether an event's client is followed (None: every client).
+        self._accepts = client.__eq__ if isinstance(client, str) else client
         self._on_drop = on_drop
         self._queue: deque[RegistryEvent | Lagged] = deque()
         self._queued = 0  # weight of what is queued
@@ -82,11 +99,15 @@ class EventStream:
         self.snapshot: Snapshot | None = None
         if since is None:
             self._unsubscribe = source.subscribe(self._put)
-        else:
+        elif client is None or isinstance(client, str):
             self.snapshot, self._unsubscribe = source.follow(self._put, since, client)
+        else:
+            snapshot, self._unsubscribe = source.follow(self._put, since, None)
+            self.snapshot = _accepted(source, snapshot, since, client)
 
     def _put(self, event: RegistryEvent) -> None:
-        if self._client is not None and event.name != self._client:
+        accepts = self._accepts
+        if accepts is not None and not accepts(event.name):
             return
         weight = _weight(event)
         if self._queued and self._queued + weight > self._max_queue:
@@ -123,6 +144,11 @@ class EventStream:
         if not isinstance(item, Lagged):
             self._queued -= _weight(item)
         return item
+
+    @property
+    def ready(self) -> bool:
+        """Whether ``drain()`` has something to give now."""
+        return bool(self._queue or self._missed)
 
     async def wait(self) -> None:
         """Return once an event or a Lagged notice is ready, or the stream is closed."""

@@ -11,6 +11,12 @@ WebSocket frames and writes them, a few thousand lines at a time, so that a tail
 stalls keeps its backlog queued (and lags) instead of encoding it; another task reads the
 peer's frames (pongs, close).
 
+Filters (``_filters``): the clients followed are chosen in the subscriber (the queue holds only
+their events, clients that connect later included); the lines are filtered in the writer, by
+the runs it takes from the queue, so that ingest never runs a regular expression. A filtered
+writer takes lines until it has a turn's worth to send: a selective pattern examines every
+line instead of lagging.
+
 Every write to the peer has a deadline (the HTTP server's send timeout): a peer that stops
 reading for that long ends the tail (1011), whatever the ping interval. A watchdog task keeps
 it, rather than a cancel scope around each write, which would cost ~8 us a write (~15% of the
@@ -31,6 +37,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from wsproto import WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
@@ -43,10 +50,11 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError as WebSocketLocalProtocolError
 
-from logatron_core import Logged, LogSource, NoSuchClient
+from logatron_core import Logged, LogSource, NoSuchClient, RegistryEvent
 
-from ._messages import Current, Gap, tail_payloads
-from ._stream import EventStream
+from ._filters import ClientFilter, LineFilter
+from ._messages import Current, Gap, run_payloads, tail_payloads
+from ._stream import EventStream, Lagged
 
 __all__ = [
     "DEFAULT_TAIL_QUEUE_LINES",
@@ -107,6 +115,13 @@ class TailOptions:
 
     def count_dropped(self, lines: int) -> None:
         self.lagged_total += lines
+
+
+def _payloads(item: RegistryEvent | Lagged, lines: LineFilter | None) -> list[bytes]:
+    """``tail_payloads``, with a run's lines cut to those ``lines`` keeps."""
+    if lines is None or not isinstance(item, Logged):
+        return tail_payloads(item)
+    return [payload for part in lines.runs(item) for payload in run_payloads(part, tail=True)]
 
 
 def _text_frame(payload: bytes) -> bytes:
@@ -176,15 +191,36 @@ class _Tail:
         finally:
             self.writing_since = None
 
-    async def write_live(self, events: EventStream) -> None:
+    async def write_backlog(self, backlog: deque[Logged], lines: LineFilter | None) -> None:
+        """Send the backlog's runs, about WRITE_BATCH_LINES lines (sent or filtered out) a
+        turn."""
+        while backlog:
+            payloads: list[bytes] = []
+            taken = 0
+            while backlog and taken < WRITE_BATCH_LINES:
+                run = backlog.popleft()
+                taken += len(run.messages)
+                payloads += _payloads(run, lines)
+            await self.send_payloads(payloads)
+            await anyio.lowlevel.checkpoint()
+
+    async def write_live(self, events: EventStream, lines: LineFilter | None) -> None:
         while True:
             await events.wait()
             # One write per turn: each write costs a round of the scheduler, in which every
             # reader runs (on trio, writing run by run starved a live tail to ~20k lines/s).
+            # A filtered tail sends as many lines a turn, examining the queue until it has them
+            # (at most the queue's bound: filtering out a line costs ~1/20 of sending it).
             payloads: list[bytes] = []
-            for item in events.drain(WRITE_BATCH_LINES):
-                payloads += tail_payloads(item)
-            await self.send_payloads(payloads)
+            while True:
+                for item in events.drain(WRITE_BATCH_LINES):
+                    payloads += _payloads(item, lines)
+                if lines is None or len(payloads) >= WRITE_BATCH_LINES or not events.ready:
+                    break
+            if payloads:
+                await self.send_payloads(payloads)
+            else:
+                await anyio.lowlevel.checkpoint()
 
     async def read(self, done: Done) -> None:
         while True:
@@ -261,19 +297,27 @@ class _Tail:
                 pass
 
 
-def newest_runs(runs: Sequence[Logged], count: int) -> list[Logged]:
-    """The newest ``count`` lines of ``runs`` (ordered by seq), as runs: the oldest one kept
-    may be cut to its newest lines."""
+def newest_runs(
+    runs: Sequence[Logged], count: int, lines: LineFilter | None = None
+) -> list[Logged]:
+    """The newest ``count`` lines of ``runs`` (ordered by seq) that ``lines`` keeps (every
+    line if None), as runs: the oldest one kept may be cut to its newest lines. Only the runs
+    from the newest back to the count are filtered."""
     kept: list[Logged] = []
     left = count
     for run in reversed(runs):
+        for part in reversed([run] if lines is None else lines.runs(run)):
+            if left <= 0:
+                break
+            if len(part.messages) > left:
+                first_seq = part.last_seq - left + 1
+                part = Logged(
+                    part.name, first_seq, part.timestamp, part.messages[-left:], part.truncated
+                )
+            kept.append(part)
+            left -= len(part.messages)
         if left <= 0:
             break
-        if len(run.messages) > left:
-            first_seq = run.last_seq - left + 1
-            run = Logged(run.name, first_seq, run.timestamp, run.messages[-left:], run.truncated)
-        kept.append(run)
-        left -= len(run.messages)
     kept.reverse()
     return kept
 
@@ -282,8 +326,9 @@ def _backlog(
     source: LogSource,
     events: EventStream,
     since: int | None,
-    client: str | None,
+    clients: ClientFilter | None,
     newest: int | None,
+    lines: LineFilter | None,
 ) -> tuple[deque[Logged], int, int]:
     """The runs to send before ``current``, the lines missed, and the seq ``current`` reports,
     from the snapshot ``events`` took as it subscribed (runs shared, not copied line by line).
@@ -298,15 +343,18 @@ def _backlog(
     if since is None or since <= snapshot.last_seq:
         runs, missed = snapshot.runs, snapshot.missed if since is not None else 0
     else:
+        exact = None if clients is None else clients.exact
         try:
-            stored = source.snapshot(0, client).runs
+            stored = source.snapshot(0, exact).runs
         except NoSuchClient:
             stored = []
+        if clients is not None and exact is None:
+            stored = clients.runs(stored)
         # Runs are appended whole, so each is entirely before the subscription or entirely
         # after it (and then delivered live).
         runs, missed = [run for run in stored if run.last_seq <= snapshot.last_seq], 0
     if newest is not None:
-        runs = newest_runs(runs, newest)
+        runs = newest_runs(runs, newest, lines)
         missed = min(missed, newest - sum(len(run.messages) for run in runs))
     return deque(runs), missed, snapshot.last_seq
 
@@ -316,7 +364,8 @@ async def run_tail(
     ws: WSConnection,
     source: LogSource,
     *,
-    client: str | None,
+    clients: ClientFilter | None,
+    lines: LineFilter | None,
     since: int | None,
     options: TailOptions,
     send_timeout: float,
@@ -324,8 +373,10 @@ async def run_tail(
 ) -> None:
     """Serve one accepted WebSocket tail until the peer leaves or the task is cancelled.
 
+    ``clients``: the clients followed (None: all, those that connect later included);
+    ``lines``: the log lines sent (None: all; client events are not filtered by it).
     ``since`` None means the whole buffered backlog without a gap notice; ``newest`` keeps
-    only the newest lines of the backlog (``?tail=N``). A write may take
+    only the newest lines of the backlog that ``lines`` keeps (``?tail=N``). A write may take
     ``send_timeout`` seconds at most. Every way out sends a close frame with a code and a
     reason when the connection still allows it.
     """
@@ -336,13 +387,14 @@ async def run_tail(
     events = EventStream(
         source,
         options.max_queue_lines,
-        client=client,
+        client=clients if clients is None or clients.exact is None else clients.exact,
         on_drop=options.count_dropped,
         since=since or 0,
     )
     options.subscribers += 1
     try:
-        backlog, missed, last_seq = _backlog(source, events, since, client, newest)
+        backlog, missed, last_seq = _backlog(source, events, since, clients, newest, lines)
+        backlog_lines = lines if newest is None else None  # newest_runs filtered them
         current = Current(last_seq)
         async with anyio.create_task_group() as tg:
 
@@ -354,10 +406,9 @@ async def run_tail(
             async def write(done: Done) -> None:
                 if missed:
                     await tail.send_payloads(tail_payloads(Gap(missed)))
-                while backlog:
-                    await tail.send_payloads(tail_payloads(backlog.popleft()))
+                await tail.write_backlog(backlog, backlog_lines)
                 await tail.send_payloads(tail_payloads(current))
-                await tail.write_live(events)
+                await tail.write_live(events, lines)
 
             tg.start_soon(tail.until_gone, tail.read, done)
             tg.start_soon(tail.until_gone, tail.ping, done)

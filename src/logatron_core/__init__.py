@@ -58,6 +58,7 @@ from ._limits import (
     MAX_NAME_LENGTH,
     MAX_PENDING_REPLY_BYTES,
 )
+from ._lines import Lines
 from ._memory import MemoryStore
 from ._registry import Registry
 from ._remote import Append, Claim, Release, RemoteRegistry, SetKey
@@ -105,6 +106,7 @@ __all__ = (
     "Identify",
     "Journal",
     "LineBuffer",
+    "Lines",
     "LocalProtocolError",
     "Log",
     "LogEntry",

@@ -8,9 +8,10 @@ events or raises :class:`RemoteProtocolError` (only for a first line that is not
 
 Strategy: the state machine is one Enum and the table ``TRANSITIONS``, consulted line by line.
 Once a client has identified itself, a block of lines that are all ``LOG`` lines (the stream's
-usual content) is recognised with a few whole-block string operations and becomes a single
-:class:`Log` event (see ``_log_run``); any other block takes the line-by-line path, which gives
-the same events.
+usual content) is recognised with two counts over its bytes and becomes a single :class:`Log`
+event whose messages are those bytes (a :class:`Lines`, parsed by :func:`log_messages` only when
+read, with ``_log_run``); a block of ``LOG`` lines ending in one other line (a ``PING``) is cut
+in two. Any other block takes the line-by-line path, which gives the same events.
 """
 
 import re
@@ -34,9 +35,17 @@ from ._events import (
 )
 from ._framing import LineBuffer, Piece
 from ._limits import MAX_LINE_BYTES
+from ._lines import Lines
 from ._wire import TRIM, encode_error, encode_pong, is_valid_name, split_command
 
-__all__ = ["TRANSITIONS", "ConnectionState", "LineKind", "ServerConnection", "classify"]
+__all__ = [
+    "TRANSITIONS",
+    "ConnectionState",
+    "LineKind",
+    "ServerConnection",
+    "classify",
+    "log_messages",
+]
 
 
 class ConnectionState(Enum):
@@ -105,6 +114,17 @@ def _log_run(text: str) -> Sequence[str] | None:
     return messages if len(messages) == lines else None
 
 
+def log_messages(data: bytes) -> Sequence[str]:
+    """The messages of a block of ``LOG`` lines as received (each line starts with ``LOG `` and
+    ends in a newline): what the line-by-line path would give for them."""
+    text = data.decode("utf-8", "replace")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    messages = _log_run(text[:-1])
+    assert messages is not None, "not a block of LOG lines"
+    return messages
+
+
 def classify(line: str) -> tuple[LineKind, ServerEvent | None]:
     """The kind of one decoded line (no newline) and the event it carries, if valid."""
     command, rest = split_command(line)
@@ -138,8 +158,10 @@ class ServerConnection:
 
     def __init__(self, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self._framer = LineBuffer(max_line_bytes)
-        self._pieces: deque[Piece] = deque()
-        self._events: deque[ServerEvent] = deque()
+        # Pieces fed and not parsed yet (None when there are none: no deque is kept while a
+        # connection waits), and the events of the piece parsed last, the next one last.
+        self._pieces: deque[Piece] | None = None
+        self._events: list[ServerEvent] = []
         self._input_ended = False
         self._error: RemoteProtocolError | None = None
         self.state = ConnectionState.AWAIT_IAM
@@ -152,17 +174,26 @@ class ServerConnection:
         """Buffer bytes from the peer; ``b""`` means the peer ended its side.
 
         Raises RuntimeError for data after end of input. Bytes that arrive after a fatal error
-        are dropped.
+        are dropped. A ``bytearray`` or ``memoryview`` is copied (the lines may be kept as they
+        are: see ``Lines``).
         """
         if self._input_ended:
             raise RuntimeError("received data after end of input")
         if self.state is ConnectionState.FAILED:
             return
         if data:
-            self._pieces.extend(self._framer.feed(data))
+            if type(data) is not bytes:
+                data = bytes(data)
+            pieces = self._framer.feed(data)
         else:
             self._input_ended = True
-            self._pieces.extend(self._framer.close())
+            pieces = self._framer.close()
+        if not pieces:
+            return
+        if self._pieces is None:
+            self._pieces = deque(pieces)
+        else:
+            self._pieces.extend(pieces)
 
     def next_event(self) -> ServerEvent | NeedData:
         """The next event, ``NEED_DATA``, or ``ConnectionClosed`` (repeated) after end of input.
@@ -174,13 +205,18 @@ class ServerConnection:
         while not self._events:
             if self._error is not None:
                 raise self._error
-            if not self._pieces:
+            pieces = self._pieces
+            if pieces is None:
                 if self._input_ended:
                     self.state = ConnectionState.CLOSED
                     return ConnectionClosed()
                 return NEED_DATA
-            self._parse(*self._pieces.popleft())
-        return self._events.popleft()
+            piece = pieces.popleft()
+            if not pieces:
+                self._pieces = None
+            self._parse(*piece)
+            self._events.reverse()
+        return self._events.pop()
 
     def send(self, reply: Pong | ErrorReply) -> bytes:
         """Encode a reply to the peer. Raises LocalProtocolError for a token with a line break."""
@@ -189,6 +225,24 @@ class ServerConnection:
         return encode_error(reply.code, reply.text)
 
     def _parse(self, data: bytes, truncated: bool) -> None:
+        if not truncated and self.state is ConnectionState.IDENTIFIED and data.startswith(b"LOG "):
+            lines = data.count(b"\n")
+            log_lines = data.count(b"\nLOG ") + 1  # how many lines are LOG lines, if all are
+            if log_lines == lines:
+                self._events.append(Log(Lines.from_bytes(data, lines, log_messages)))
+                return
+            # LOG lines then one other line (a PING barrier): the LOG lines keep their bytes.
+            last = data.rfind(b"\n", 0, len(data) - 1) + 1
+            if log_lines == lines - 1 and not data.startswith(b"LOG", last):
+                self._events.append(Log(Lines.from_bytes(data[:last], lines - 1, log_messages)))
+                data = data[last:]
+        elif not truncated and self.state is ConnectionState.AWAIT_IAM:
+            end = data.find(b"\n") + 1
+            if end < len(data):  # the IAM line, then the rest as a block of its own
+                self._parse(data[:end], False)
+                if self._error is None:
+                    self._parse(data[end:], False)
+                return
         text = data.decode("utf-8", "replace")
         if truncated:
             if self.state is ConnectionState.IDENTIFIED:
@@ -200,10 +254,8 @@ class ServerConnection:
             text = text.replace("\r\n", "\n")
         text = text[:-1]  # every block ends in a newline
         if self.state is ConnectionState.AWAIT_IAM:
-            first, newline, text = text.partition("\n")
-            self._parse_lines([first])
-            if not newline or self._error is not None:
-                return
+            self._parse_lines([text])  # one line: see above
+            return
         messages = _log_run(text)
         if messages is not None:
             self._events.append(Log(tuple(messages)))
@@ -233,7 +285,7 @@ class ServerConnection:
             elif outcome is Outcome.FAIL:
                 detail = "the first line must be IAM <name>"
                 self._error = RemoteProtocolError(ErrorCode.BAD_IAM, detail)
-                self._pieces.clear()
+                self._pieces = None
                 return
         if run:
             self._events.append(Log(tuple(run), truncated))

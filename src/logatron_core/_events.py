@@ -2,9 +2,12 @@
 
 All events are immutable. One :class:`Log` event carries a whole run of consecutive ``LOG``
 lines that arrived together, and one :class:`Logged` event announces the whole run: the per-line
-cost of an object would otherwise cap the server's throughput (see STYLE.md).
+cost of an object would otherwise cap the server's throughput (see STYLE.md). For the same
+reason their ``messages`` are a read-only sequence that may be a :class:`~logatron_core.Lines`:
+the bytes the lines arrived in, parsed only when read.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -56,13 +59,14 @@ class Identify:
 
 @dataclass(frozen=True, slots=True)
 class Log:
-    """A run of ``LOG`` lines, oldest first.
+    """A run of ``LOG`` lines, oldest first (a tuple, or the :class:`~logatron_core.Lines` they
+    arrived in).
 
     ``truncated`` is true when the (single) message was cut at the line limit. A client sending
     a ``Log`` may put line breaks inside a message: each line becomes its own ``LOG`` line.
     """
 
-    messages: tuple[str, ...]
+    messages: Sequence[str]
     truncated: bool = False
 
 
@@ -158,12 +162,16 @@ class ClientReady:
 
 @dataclass(frozen=True, slots=True)
 class Logged:
-    """A run of lines appended to ``name``'s log: seqs ``first_seq`` onward, one per message."""
+    """A run of lines appended to ``name``'s log: seqs ``first_seq`` onward, one per message.
+
+    ``messages`` is read-only, usually a :class:`~logatron_core.Lines` (``len()`` costs nothing;
+    the messages are parsed on first access, once for every reader of the event).
+    """
 
     name: str
     first_seq: int
     timestamp: float
-    messages: tuple[str, ...]
+    messages: Sequence[str]
     truncated: bool = False
 
     @property

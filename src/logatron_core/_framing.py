@@ -25,16 +25,14 @@ class LineBuffer:
     Raises ``ValueError`` for a limit below 1.
     """
 
-    __slots__ = ("_max", "_partial", "_probe", "_skipping")
+    __slots__ = ("_max", "_partial", "_skipping")
 
     def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         if max_line_bytes < 1:
             raise ValueError("max_line_bytes must be at least 1")
         self._max = max_line_bytes
-        self._partial = bytearray()
+        self._partial: bytearray | None = None  # the unfinished line (None: there is none)
         self._skipping = False
-        # Any run of more than max_line_bytes bytes holds a whole aligned window of this size.
-        self._probe = max(1, (max_line_bytes + 1) // 2)
 
     @property
     def max_line_bytes(self) -> int:
@@ -43,7 +41,7 @@ class LineBuffer:
     @property
     def buffered(self) -> int:
         """Bytes held for the unfinished line (never more than ``max_line_bytes``)."""
-        return len(self._partial)
+        return 0 if self._partial is None else len(self._partial)
 
     def feed(self, data: bytes) -> list[Piece]:
         """Take the next bytes of the stream and return the pieces they complete, in order."""
@@ -57,8 +55,9 @@ class LineBuffer:
             if self._skipping:
                 self._skipping = False
             else:
+                assert self._partial is not None
                 line = self._partial + data[:newline]
-                self._partial.clear()
+                self._partial = None
                 if len(line) > self._max:
                     pieces.append((bytes(line[: self._max]), True))
                 else:
@@ -86,7 +85,7 @@ class LineBuffer:
         if self._partial:
             self._partial.append(0x0A)
             pieces.append((bytes(self._partial), False))
-            self._partial.clear()
+        self._partial = None
         self._skipping = False
         return pieces
 
@@ -94,13 +93,16 @@ class LineBuffer:
         """Keep ``data`` (no newline in it) as part of the unfinished line, within the limit."""
         if self._skipping:
             return
-        room = self._max - len(self._partial)
+        partial = self._partial
+        if partial is None:
+            partial = self._partial = bytearray()
+        room = self._max - len(partial)
         if len(data) <= room:
-            self._partial += data
+            partial += data
             return
-        self._partial += data[:room]
-        pieces.append((bytes(self._partial), True))
-        self._partial.clear()
+        partial += data[:room]
+        pieces.append((bytes(partial), True))
+        self._partial = None
         self._skipping = True
 
     def _has_long_line(self, block: bytes) -> bool:
@@ -109,7 +111,9 @@ class LineBuffer:
         A line longer than the limit contains a whole window ``[k, k + probe)`` with ``k`` a
         multiple of ``probe``; only windows without a newline need measuring their line.
         """
-        probe, limit = self._probe, self._max
+        limit = self._max
+        # Any run of more than limit bytes holds a whole aligned window of this size.
+        probe = max(1, (limit + 1) // 2)
         for start in range(0, len(block) - probe + 1, probe):
             if block.find(b"\n", start, start + probe) >= 0:
                 continue

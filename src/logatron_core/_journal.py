@@ -89,7 +89,7 @@ class Journal:
             client = store.stored_client(name)
             clients.append(client)
             runs += (
-                StoredRun(name, run.first_seq, run.timestamp, run.messages, run.truncated)
+                StoredRun(name, run.first_seq, run.timestamp, tuple(run.messages), run.truncated)
                 for run in pending
                 if run.last_seq >= client.oldest_seq
             )

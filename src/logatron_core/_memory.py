@@ -1,26 +1,56 @@
 """The in-memory store: every client's ring of recent lines, its state and its counters.
 
-Strategy: a client's log is a ring of *runs*: each run is the tuple of messages that arrived
-together, with its first seq and its timestamp (the seqs of a run are consecutive). Storing a
-run of a thousand lines is one ``deque.append``; eviction drops whole runs from the left and
-skips into the oldest one, so the per-line cost of storing is nil. A run longer than the buffer
-is sliced to its newest ``buffer_size`` messages first, so memory stays below twice the buffer.
-Results are built from the runs on demand and are always copies (runs themselves are immutable
-tuples and are shared). Retained clients are kept in disconnection order, so expiry looks only
-at the oldest.
+Strategy: a client's log is a ring of *runs*: each run is the lines that arrived together, with
+its first seq and its timestamp (the seqs of a run are consecutive). A run is kept as the bytes
+of its lines (a :class:`Lines`'s encoding: the wire's ``LOG`` lines as they arrived, or the
+messages encoded), all of a client's runs one after the other in one ``bytearray``, and its
+numbers in two arrays (first seq, line count, flags and byte length; timestamp): a line costs its
+bytes plus a few bytes per run, and no object. A client gets these at its first line, and its
+state dictionary at its first key: an idle client costs its record only. Storing a run is a copy
+of its bytes; eviction drops whole runs from the left (``del data[:n]`` only moves the
+bytearray's start) and skips into the oldest one, so the per-line cost of storing is nil. A run
+longer than the buffer is cut to its newest ``buffer_size`` lines first (on the bytes), so
+memory stays below twice the buffer. Results are built from the runs on demand and are always
+copies: each run read is a new :class:`Lines` over a copy of its bytes, parsed only if the
+reader looks at its messages. Retained clients are kept in disconnection order, so expiry looks
+only at the oldest.
 """
 
-from collections import deque
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from itertools import islice
 
+from ._connection import log_messages
 from ._errors import NameTaken, NoSuchClient, TooManyClients, TooManyKeys
 from ._events import LogEntry, Logged
+from ._lines import Lines, Parse, parse_quoted, parse_text
 from ._store import ClientInfo, Snapshot, StoredClient, StoredRun
 
 __all__ = ["MemoryStore"]
 
-_Run = tuple[int, float, tuple[str, ...], bool]  # first seq, timestamp, messages, truncated
+# The forms a run's bytes may have, by the number kept in its flags.
+_FORMS: tuple[Parse, ...] = (log_messages, parse_text, parse_quoted)
+_FORM_MASK, _TRUNCATED, _COUNT_SHIFT = 0b11, 0b100, 3
+# A run's numbers in _Record.runs: first seq, (lines << 3 | truncated << 2 | form), bytes.
+_FIELDS = 3
+
+
+def _bytes(data: bytearray, start: int, end: int) -> bytes:
+    """A copy of ``data[start:end]`` as bytes (one copy, and no view left on ``data``)."""
+    with memoryview(data) as view:
+        return view[start:end].tobytes()
+
+
+class _Ring:
+    """The bytes and numbers of a client's runs, oldest first; made for its first line, so a
+    client that logged nothing has none."""
+
+    __slots__ = ("data", "runs", "times")
+
+    def __init__(self) -> None:
+        self.data = bytearray()  # the bytes of the runs, one after the other
+        self.runs = array("q")  # _FIELDS numbers per run
+        self.times = array("d")  # the timestamp of each run
 
 
 class _Record:
@@ -37,16 +67,16 @@ class _Record:
         "lines_evicted",
         "lines_received",
         "name",
-        "runs",
+        "ring",
         "state",
     )
 
     def __init__(self, name: str, now: float) -> None:
         self.name = name
-        self.runs: deque[_Run] = deque()
-        self.head_skip = 0  # messages of runs[0] already evicted
-        self.buffered = 0  # messages in the log
-        self.state: dict[str, str] = {}
+        self.ring: _Ring | None = None
+        self.head_skip = 0  # lines of the oldest run already evicted
+        self.buffered = 0  # lines in the log
+        self.state: dict[str, str] | None = None  # made for the first key
         self.connected = True
         self.connected_at = now
         self.disconnected_at: float | None = None
@@ -55,34 +85,50 @@ class _Record:
         self.evicted_through = 0  # seq of the newest evicted line, 0 if none
         self.errors = 0
 
-    def store(self, run: _Run, buffer_size: int) -> int:
+    def add(self, first: int, timestamp: float, lines: Lines, truncated: bool) -> None:
+        """Append a run as it is (no eviction)."""
+        ring = self.ring
+        if ring is None:
+            ring = self.ring = _Ring()
+        data, parse = lines.encoded()
+        flags = _FORMS.index(parse) | (_TRUNCATED if truncated else 0)
+        ring.data += data
+        ring.runs.extend((first, len(lines) << _COUNT_SHIFT | flags, len(data)))
+        ring.times.append(timestamp)
+        self.buffered += len(lines)
+
+    def store(
+        self, first: int, timestamp: float, lines: Lines, truncated: bool, buffer_size: int
+    ) -> int:
         """Append a run, evicting the oldest lines past ``buffer_size``; returns how many."""
-        first, timestamp, messages, truncated = run
-        count = len(messages)
+        count = len(lines)
         if count >= buffer_size:
             evicted = self.buffered + count - buffer_size
             keep = count - buffer_size
             if keep:
                 self.evicted_through = first + keep - 1
-            elif self.runs:
-                last_first, _, last_messages, _ = self.runs[-1]
-                self.evicted_through = last_first + len(last_messages) - 1
-            self.runs.clear()
-            self.runs.append((first + keep, timestamp, messages[keep:], truncated))
-            self.head_skip, self.buffered = 0, buffer_size
+            elif self.ring is not None:
+                runs = self.ring.runs
+                self.evicted_through = runs[-3] + (runs[-2] >> _COUNT_SHIFT) - 1
+            self.ring = None
+            self.head_skip = self.buffered = 0
+            self.add(first + keep, timestamp, lines.tail(buffer_size), truncated)
             return evicted
-        self.runs.append(run)
-        self.buffered += count
+        self.add(first, timestamp, lines, truncated)
+        ring = self.ring
+        assert ring is not None
+        runs = ring.runs
         evicted = overflow = self.buffered - buffer_size
         while overflow > 0:
-            head_first, _, head_messages, _ = self.runs[0]
-            available = len(head_messages) - self.head_skip
+            head_first, head_count = runs[0], runs[1] >> _COUNT_SHIFT
+            available = head_count - self.head_skip
             if available > overflow:
                 self.head_skip += overflow
                 self.evicted_through = head_first + self.head_skip - 1
                 break
-            self.runs.popleft()
-            self.evicted_through = head_first + len(head_messages) - 1
+            del ring.data[: runs[2]]
+            del runs[:_FIELDS], ring.times[:1]
+            self.evicted_through = head_first + head_count - 1
             self.head_skip = 0
             overflow -= available
         if evicted <= 0:
@@ -90,36 +136,59 @@ class _Record:
         self.buffered = buffer_size
         return evicted
 
+    def spans(self) -> Iterator[tuple[int, int, int]]:
+        """(index, first seq, line count) of each run, oldest first."""
+        if self.ring is None:
+            return
+        runs = self.ring.runs
+        for index in range(len(runs) // _FIELDS):
+            yield index, runs[index * _FIELDS], runs[index * _FIELDS + 1] >> _COUNT_SHIFT
+
     def count_since(self, since: int) -> int:
         """How many buffered lines have ``seq > since``."""
         count, skip = 0, self.head_skip
-        for first, _, messages, _ in self.runs:
-            count += max(0, len(messages) - max(skip, since - first + 1))
+        for _, first, lines in self.spans():
+            count += max(0, lines - max(skip, since - first + 1))
             skip = 0
         return count
 
     def backlog(self, since: int = 0) -> Iterator[Logged]:
         """The buffered runs, cut to the lines with ``seq > since``, oldest first."""
-        name, skip = self.name, self.head_skip
-        for first, timestamp, messages, truncated in self.runs:
+        ring = self.ring
+        if ring is None:
+            return
+        name, skip, runs, data = self.name, self.head_skip, ring.runs, ring.data
+        end = 0
+        for index, first, count in list(self.spans()):
+            flags = runs[index * _FIELDS + 1]
+            begin, end = end, end + runs[index * _FIELDS + 2]
             start = max(skip, since - first + 1)
             skip = 0
-            if start < len(messages):
-                kept = messages[start:] if start > 0 else messages
-                yield Logged(name, first + start, timestamp, kept, truncated)
+            if start < count:
+                kept = Lines.from_bytes(_bytes(data, begin, end), count, _FORMS[flags & _FORM_MASK])
+                yield Logged(
+                    name,
+                    first + start,
+                    ring.times[index],
+                    kept.tail(count - start),
+                    bool(flags & _TRUNCATED),
+                )
 
     def newest(self, count: int) -> list[Logged]:
         """The newest ``count`` buffered lines as runs, oldest first (no work for the others)."""
         if count <= 0:
             return []
         remaining = count
-        for index in range(len(self.runs) - 1, -1, -1):
-            first, _, messages, _ = self.runs[index]
-            available = len(messages) - (self.head_skip if index == 0 else 0)
+        for index, first, lines in reversed(list(self.spans())):
+            available = lines - (self.head_skip if index == 0 else 0)
             if available >= remaining:
-                return list(self.backlog(first + len(messages) - remaining - 1))
+                return list(self.backlog(first + lines - remaining - 1))
             remaining -= available
         return list(self.backlog())
+
+    def oldest_seq(self) -> int | None:
+        """The seq of the oldest buffered line (None if none is)."""
+        return None if self.ring is None else self.ring.runs[0] + self.head_skip
 
     def missed_since(self, since: int) -> int:
         """An upper bound of this client's lines with ``seq > since`` that were evicted (the
@@ -134,7 +203,7 @@ class _Record:
             self.connected,
             self.connected_at,
             self.disconnected_at,
-            dict(self.state),
+            dict(self.state or {}),
             [entry for run in runs for entry in run.entries()],
             self.lines_received,
             self.lines_evicted,
@@ -172,7 +241,7 @@ class MemoryStore:
     def append(
         self,
         name: str,
-        messages: tuple[str, ...],
+        messages: Lines,
         now: float,
         truncated: bool,
         buffer_size: int,
@@ -181,7 +250,7 @@ class MemoryStore:
         first = self._last_seq + 1
         count = len(messages)
         self._last_seq += count
-        evicted = record.store((first, now, messages, truncated), buffer_size)
+        evicted = record.store(first, now, messages, truncated, buffer_size)
         record.lines_received += count
         if evicted:
             record.lines_evicted += evicted
@@ -192,15 +261,16 @@ class MemoryStore:
         name: str,
         first_seq: int,
         now: float,
-        messages: tuple[str, ...],
+        messages: Sequence[str],
         truncated: bool,
         buffer_size: int,
     ) -> int:
         """Append a run whose seqs were decided elsewhere (a shared store); returns the lines
         evicted. Raises NoSuchClient."""
         record = self._get(name)
-        self._last_seq = max(self._last_seq, first_seq + len(messages) - 1)
-        evicted = record.store((first_seq, now, messages, truncated), buffer_size)
+        lines = messages if type(messages) is Lines else Lines(messages)
+        self._last_seq = max(self._last_seq, first_seq + len(lines) - 1)
+        evicted = record.store(first_seq, now, lines, truncated, buffer_size)
         record.lines_received += len(messages)
         record.lines_evicted += evicted
         return evicted
@@ -217,7 +287,10 @@ class MemoryStore:
         return True
 
     def set_state(self, name: str, key: str, value: str, max_keys: int) -> None:
-        state = self._get(name).state
+        record = self._get(name)
+        state = record.state
+        if state is None:
+            state = record.state = {}
         if key not in state and len(state) >= max_keys:
             raise TooManyKeys(f"{name} holds its limit of {max_keys} keys")
         state[key] = value
@@ -280,7 +353,7 @@ class MemoryStore:
         return self._get(name).newest(count)
 
     def state(self, name: str) -> dict[str, str]:
-        return dict(self._get(name).state)
+        return dict(self._get(name).state or {})
 
     def recent(
         self, since: int = 0, client: str | None = None, limit: int | None = None
@@ -304,13 +377,15 @@ class MemoryStore:
     def stored_client(self, name: str) -> StoredClient:
         """``name``'s record as a journal stores it. Raises NoSuchClient."""
         record = self._get(name)
-        oldest = record.runs[0][0] + record.head_skip if record.runs else self._last_seq + 1
+        oldest = record.oldest_seq()
+        if oldest is None:
+            oldest = self._last_seq + 1
         return StoredClient(
             name,
             record.connected,
             record.connected_at,
             record.disconnected_at,
-            dict(record.state),
+            dict(record.state or {}),
             record.lines_received,
             record.lines_evicted,
             record.evicted_through,
@@ -335,17 +410,17 @@ class MemoryStore:
         record.connected = connected
         if not connected:
             record.disconnected_at = now if client.connected else client.disconnected_at
-        record.state = dict(client.state)
+        record.state = dict(client.state) if client.state else None
         record.lines_received = client.lines_received
         record.lines_evicted = client.lines_evicted
         record.evicted_through = client.evicted_through
         record.errors = client.errors
         for run in runs:
             if run.last_seq >= client.oldest_seq:
-                record.runs.append((run.first_seq, run.timestamp, run.messages, run.truncated))
-                record.buffered += len(run.messages)
-        if record.runs:
-            record.head_skip = max(0, client.oldest_seq - record.runs[0][0])
+                record.add(run.first_seq, run.timestamp, Lines(run.messages), run.truncated)
+        oldest = record.oldest_seq()
+        if oldest is not None:
+            record.head_skip = max(0, client.oldest_seq - oldest)
             record.buffered -= record.head_skip
         self._records[client.name] = record
         if connected:

@@ -37,6 +37,7 @@ from ._limits import (
     DEFAULT_MAX_STATE_KEYS,
     DEFAULT_RETENTION_SECONDS,
 )
+from ._lines import Lines
 from ._memory import MemoryStore
 from ._store import ClientInfo, RegistryStats, Snapshot, Store, Subscriber
 
@@ -110,14 +111,14 @@ class Registry:
     ) -> None:
         """Append a run of lines to connected ``name``'s log, evicting its oldest.
 
-        Emits one Logged.
+        ``messages`` may be a :class:`Lines` (kept as it is: a run from the wire stays the
+        bytes it arrived in). Emits one Logged.
         """
         count = len(messages)
         if not count:
             return
-        if not isinstance(messages, tuple):
-            messages = tuple(messages)  # stored and shared with subscribers: immutable
-        first, evicted = self.store.append(name, messages, now, truncated, self.buffer_size)
+        lines = messages if type(messages) is Lines else Lines(messages)  # immutable, shared
+        first, evicted = self.store.append(name, lines, now, truncated, self.buffer_size)
         self.mark += 1
         stats = self._stats
         stats.lines_received += count
@@ -126,7 +127,7 @@ class Registry:
         if truncated:
             stats.lines_truncated += count
         if self._subscribers:
-            self._emit(Logged(name, first, now, messages, truncated))
+            self._emit(Logged(name, first, now, lines, truncated))
 
     def set_state(
         self, name: str, key: str, value: str, now: float, *, origin: object = None

@@ -70,9 +70,10 @@ class Session:
         self._registry = registry
         self._connection = ServerConnection(max_line_bytes=max_line_bytes)
         self._max_pending = max_pending_reply_bytes
-        self._outgoing = bytearray()
-        self._events: list[SessionEvent] = []
-        self._held: deque[tuple[int, bytes]] = deque()  # (mark awaited, PONG line)
+        # What waits is allocated only while something waits (most connections are idle):
+        self._outgoing: bytearray | None = None  # reply lines
+        self._events: list[SessionEvent] | None = None  # for the current receive_data call
+        self._held: deque[tuple[int, bytes]] | None = None  # (mark awaited, PONG line)
         # Called when held replies become ready outside receive_data (see release_pongs).
         self.on_replies: Callable[[], object] | None = None
         self._error_replies = 0  # ERR lines answered in the current receive_data call
@@ -132,7 +133,7 @@ class Session:
                     self._close(now)
                     break
                 self.name = event.name
-                self._events.append(Identified(event.name))
+                self._report(Identified(event.name))
             else:
                 assert isinstance(event, ConnectionClosed)
                 self._close(now)
@@ -140,10 +141,8 @@ class Session:
         return self._take_events()
 
     def _take_events(self) -> Sequence[SessionEvent]:
-        if not self._events:
-            return _NO_EVENTS
-        events, self._events = self._events, []
-        return events
+        events, self._events = self._events, None
+        return _NO_EVENTS if events is None else events
 
     @property
     def pongs_held(self) -> bool:
@@ -153,12 +152,13 @@ class Session:
     @property
     def has_replies(self) -> bool:
         """True while replies wait to be taken by :meth:`data_to_send`."""
-        return bool(self._outgoing)
+        return self._outgoing is not None
 
     def data_to_send(self) -> bytes:
         """The reply bytes waiting to be written (whole lines), now handed to the caller."""
-        data = bytes(self._outgoing)
-        self._outgoing.clear()
+        if self._outgoing is None:
+            return b""
+        data, self._outgoing = bytes(self._outgoing), None
         return data
 
     def release_pongs(self, confirmed: int) -> bool:
@@ -169,9 +169,11 @@ class Session:
         while held and held[0][0] <= confirmed:
             self._reply(held.popleft()[1])
             released = True
+        if not held:
+            self._held = None
         if released and self.on_replies is not None:
             self.on_replies()
-        return not held
+        return self._held is None
 
     def refuse_late(self, code: ErrorCode, detail: str, now: float) -> None:
         """A change was refused after ``receive_data`` returned (by a shared store): answer
@@ -188,28 +190,39 @@ class Session:
 
     def _pong(self, line: bytes) -> None:
         """Answer now, or once the registry confirms every earlier change (see Registry)."""
-        if not self._held:
+        if self._held is None:
             mark = self._registry.pong_allowed(self)
             if mark is None:
                 self._reply(line)
                 return
+            self._held = deque()
         else:
             mark = self._registry.mark
         self._held.append((mark, line))
 
     def _reply(self, line: bytes) -> None:
-        if len(self._outgoing) + len(line) > self._max_pending:
+        outgoing = self._outgoing
+        if (0 if outgoing is None else len(outgoing)) + len(line) > self._max_pending:
             self._registry.count_replies_dropped(1)
+        elif outgoing is None:
+            self._outgoing = bytearray(line)
         else:
-            self._outgoing += line
+            outgoing += line
 
     def _refuse(self, code: ErrorCode, detail: str) -> None:
         self._registry.count_error(self.name, code)
         if self._error_replies < MAX_ERROR_REPLIES_PER_RECEIVE or code.fatal:
             self._error_replies += 1
             reply = ErrorReply(code, detail)
-            self._events.append(reply)
+            self._report(reply)
             self._reply(self._connection.send(reply))
+
+    def _report(self, event: SessionEvent) -> None:
+        """Tell the adapter (``receive_data`` returns it)."""
+        if self._events is None:
+            self._events = [event]
+        else:
+            self._events.append(event)
 
     def _close(self, now: float) -> None:
         # PONGs still held are answered once confirmed (a peer may half-close after its PING

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ._events import LogEntry, Logged, RegistryEvent
+from ._lines import Lines
 
 __all__ = [
     "ClientInfo",
@@ -211,14 +212,16 @@ class Store(StoreReader, Protocol):
     def append(
         self,
         name: str,
-        messages: tuple[str, ...],
+        messages: Lines,
         now: float,
         truncated: bool,
         buffer_size: int,
     ) -> tuple[int, int]:
         """Append a run to ``name``'s ring, evicting past ``buffer_size`` lines.
 
-        Returns (seq of the first line, lines evicted). ``name`` must be connected.
+        ``messages`` is never empty; ``messages.encoded()`` gives its bytes without parsing
+        them when it has some. Returns (seq of the first line, lines evicted). ``name`` must be
+        connected.
         """
         ...
 

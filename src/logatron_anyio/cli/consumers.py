@@ -1,5 +1,5 @@
 """The consumer commands over HTTP and WebSocket: ``clients``, ``state NAME``,
-``recent [NAME]`` and ``tail [NAME]``.
+``recent [PATTERN...]`` and ``tail [PATTERN...]`` (with ``--include``/``--exclude``/``-i``).
 
 They share everything but what they fetch: the options ``--url``, ``--token``, ``--backend``
 and ``--json`` (``consumer_options``), and one way to run (``_run``): until done or Ctrl-C or
@@ -30,6 +30,7 @@ from .. import (
     Unreachable,
     sort_entries,
 )
+from .._filters import FilterError, client_filter
 from .common import (
     Backend,
     Integer,
@@ -150,6 +151,8 @@ def _explain(error: ConsumerError, url: str, name: str | None) -> str:
         return f"no such client: {name}" if name is not None else f"not found at {url}: {error}"
     if isinstance(error, Unreachable):
         return f"cannot reach {url}: {reason(error)}"
+    if str(error).startswith("HTTP 400: "):
+        return f"refused by {url}: {str(error).removeprefix('HTTP 400: ')}"
     return f"bad response from {url}: {error}"
 
 
@@ -190,9 +193,70 @@ def _lines_option(default: str, help: str) -> Callable[[_F], _F]:
     )
 
 
-@click.command(short_help="print the buffered log lines of every client or one")
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """What ``recent`` and ``tail`` ask the server to keep: client names or shell-style
+    patterns (none: every client) and RE2 patterns the lines must match (any include, no
+    exclude)."""
+
+    clients: tuple[str, ...]
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+
+    @property
+    def name(self) -> str | None:
+        """The one client asked about, if one name (no pattern) was given."""
+        matches = client_filter(self.clients)
+        return None if matches is None else matches.exact
+
+    def query(self) -> dict[str, Any]:
+        """The consumer's arguments."""
+        return {"client": self.clients or None, "include": self.include, "exclude": self.exclude}
+
+
+def _client_patterns(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    try:
+        client_filter(value)
+    except FilterError as error:
+        raise click.BadParameter(str(error)) from None
+    return value
+
+
+def filter_options(command: Callable[..., None]) -> Callable[..., None]:
+    """PATTERN... and --include/--exclude/-i, handed to ``command`` as ``filters``."""
+
+    @functools.wraps(command)
+    def with_filters(
+        *args: Any,
+        patterns: tuple[str, ...],
+        include: tuple[str, ...],
+        exclude: tuple[str, ...],
+        ignore_case: bool,
+        **params: Any,
+    ) -> None:
+        if ignore_case:
+            include, exclude = (tuple(f"(?i){p}" for p in ps) for ps in (include, exclude))
+        command(*args, filters=Filters(patterns, include, exclude), **params)
+
+    options = (
+        click.argument("patterns", nargs=-1, metavar="[PATTERN]...", callback=_client_patterns),
+        click.option("--include", multiple=True, metavar="RE",
+                     help="only lines matching RE (RE2 syntax; repeat: any of them)"),
+        click.option("--exclude", multiple=True, metavar="RE",
+                     help="no lines matching RE (repeatable)"),
+        click.option("-i", "--ignore-case", is_flag=True,
+                     help="--include and --exclude ignore case"),
+    )  # fmt: skip
+    for option in reversed(options):
+        with_filters = option(with_filters)
+    return with_filters
+
+
+@click.command(short_help="print the buffered log lines of every client or some")
 @consumer_options
-@click.argument("name", required=False, callback=client_name)
+@filter_options
 @_lines_option("every buffered line", "the newest N lines (after SEQ)")
 @click.option("--since", type=Integer(min=0), default=0, metavar="SEQ", help="only lines after SEQ")
 @click.option(
@@ -209,41 +273,45 @@ def _lines_option(default: str, help: str) -> Callable[[_F], _F]:
 )
 def recent(
     common: Common,
-    name: str | None,
+    filters: Filters,
     newest: int | None,
     since: int,
     limit: int | None,
     sort: str,
 ) -> None:
-    """Print the buffered log lines (of every client, or of NAME) as TIME CLIENT #SEQ
-    MESSAGE, ordered by seq."""
+    """Print the buffered log lines (of every client, or of those each PATTERN names: a name
+    or a shell-style pattern such as 'worker-*') as TIME CLIENT #SEQ MESSAGE, ordered by
+    seq."""
     if newest is not None and limit is not None:
         raise click.UsageError("-n takes the newest lines, --limit the oldest: give one of them")
 
     async def body(consumer: Consumer, output: Output) -> None:
-        entries = await consumer.recent(name, since=since, limit=limit, newest=newest)
+        query = filters.query()
+        entries = await consumer.recent(**query, since=since, limit=limit, newest=newest)
         if sort == "time":
             entries = sort_entries(entries)
         output.lines(entry_lines(entries, common.json))
 
-    _run(common, body, name)
+    _run(common, body, filters.name)
 
 
 @click.command(short_help="follow the log live")
 @consumer_options
-@click.argument("name", required=False, callback=client_name)
+@filter_options
 @_lines_option(
     f"{DEFAULT_TAIL_LINES}, or every line after --since",
     "start with the newest N buffered lines (0: live lines only)",
 )
 @click.option("--since", type=Integer(min=0), metavar="SEQ", help="only lines after SEQ")
-def tail(common: Common, name: str | None, newest: int | None, since: int | None) -> None:
-    """Print the newest buffered lines (of every client, or of NAME), then live lines and
-    client events as they happen, until Ctrl-C or SIGTERM. Reconnects by itself, resuming
+def tail(common: Common, filters: Filters, newest: int | None, since: int | None) -> None:
+    """Print the newest buffered lines (of every client, or of those each PATTERN names,
+    clients that connect later included), then live lines and client events as they happen,
+    until Ctrl-C or SIGTERM. Reconnects by itself, resuming
     after the last line printed; notices go to stderr ('-- live --', '-- N lines missed
     (...) --', '-- waiting for NAME to connect --')."""
     if newest is None and since is None:
         newest = DEFAULT_TAIL_LINES  # as tail -f does
+    name = filters.name
 
     async def body(consumer: Consumer, output: Output) -> None:
         # One request first: an unreachable server or a wrong token ends the command at once,
@@ -269,7 +337,7 @@ def tail(common: Common, name: str | None, newest: int | None, since: int | None
                 output.notice(f"-- {what}, retrying every {RETRY_SECONDS:g} s --")
 
         events = consumer.tail(
-            name,
+            **filters.query(),
             since=since,
             newest=newest,
             on_connect=on_connect,
