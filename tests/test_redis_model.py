@@ -7,7 +7,6 @@ same replies, and every mirror must hold the same clients, logs and state.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from logatron_anyio._redis_client import Scripts, open_client
+from logatron_anyio._redis_client import Client, Scripts, open_client
 from logatron_anyio._redis_codec import (
     Batch,
     Encoder,
@@ -23,7 +22,6 @@ from logatron_anyio._redis_codec import (
     limits_args,
     load_snapshot,
     refusals,
-    stream_entries,
 )
 from logatron_core import ErrorCode, RemoteRegistry, Session, StoreReader
 from redis_server import RedisServer, module_redis
@@ -53,9 +51,12 @@ class RedisFront:
     """A front end over the Lua scripts, without the driver's tasks: ``sync`` sends one
     batch, ``mirror`` applies the changes not applied yet (as the replicator does)."""
 
-    def __init__(self, scripts: Scripts, frontend: str, max_clients: int) -> None:
+    def __init__(
+        self, client: Client[bytes], scripts: Scripts, frontend: str, max_clients: int
+    ) -> None:
         self.registry = RemoteRegistry(buffer_size=3, max_state_keys=MAX_KEYS,
                                        max_clients=max_clients)  # fmt: skip
+        self.client = client
         self.scripts = scripts
         self.encoder = Encoder(frontend)
         self.last_id = b"0-0"
@@ -81,10 +82,11 @@ class RedisFront:
         self.registry.committed(mark)
 
     async def mirror(self) -> None:
-        raw = await self.scripts.changes(self.last_id, 1000, self.encoder.frontend)
-        for identifier, fields in stream_entries(raw):
-            apply_change(self.registry, fields, self.encoder.sent)
-            self.last_id = identifier
+        reply = await self.client.xread({b"logatron:changes": self.last_id}, count=1000)
+        for entry in (reply or {}).get(b"logatron:changes", ()):
+            apply_change(self.registry, entry.field_values)
+            identifier = entry.identifier
+            self.last_id = identifier if isinstance(identifier, bytes) else identifier.encode()
 
 
 def view(store: StoreReader) -> Any:
@@ -103,7 +105,7 @@ async def play(url: str, script: list[Step], max_clients: int) -> None:
     async with open_client(url) as client:
         await client.flushdb()
         scripts = Scripts(client)
-        real = [RedisFront(scripts, "fa", max_clients), RedisFront(scripts, "fb", max_clients)]
+        real = [RedisFront(client, scripts, name, max_clients) for name in ("fa", "fb")]
         for front in real:
             await front.hello()
         sessions: list[dict[int, tuple[Session, Session]]] = [{}, {}]
@@ -150,33 +152,3 @@ def test_the_scripts_decide_as_the_model_does(
     redis: RedisServer, script: list[Step], max_clients: int
 ) -> None:
     anyio.run(play, redis.url(), script, max_clients)
-
-
-def test_a_front_end_gets_the_changes_of_others_whole_and_its_own_without_messages(
-    tmp_path: Path,
-) -> None:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        anyio.run(changes_are_projected, server.url())
-    finally:
-        server.stop()
-
-
-async def changes_are_projected(url: str) -> None:
-    async with open_client(url) as client:
-        scripts = Scripts(client)
-        a, b = RedisFront(scripts, "fa", 10), RedisFront(scripts, "fb", 10)
-        await a.hello()
-        await b.hello()
-        Session(a.registry).receive_data(b"IAM x\nLOG one\nLOG two\n", 1.0)
-        await a.sync()
-        own = stream_entries(await scripts.changes(b"0-0", 10, "fa"))
-        other = stream_entries(await scripts.changes(b"0-0", 10, "fb"))
-        assert [fields[b"k"] for _, fields in own] == [b"r", b"l"]
-        assert own[1][1][b"M"] == b"" and b"m" not in own[1][1]
-        assert other[1][1][b"m"] == b"one\ntwo"
-        await a.mirror()
-        await b.mirror()
-        assert view(a.registry) == view(b.registry) == {"x": (True, [(1, "one"), (2, "two")], {})}
-        assert not a.encoder.sent  # taken by the mirror

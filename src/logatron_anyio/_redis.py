@@ -120,9 +120,7 @@ class RedisStore:
         self.frontend = secrets.token_hex(6)
         self.health = StoreHealth(failed_state="unavailable")
         self._encoder = Encoder(self.frontend)
-        self.mirror = Mirror(
-            registry, self.shown_url, clock, self._failed, self._unblock, self._encoder
-        )
+        self.mirror = Mirror(registry, self.shown_url, clock, self._failed, self._unblock)
         self._limits = limits_args(registry)
         self._pending: deque[Batch] = deque()  # taken, not yet acknowledged, oldest first
         self._buffered = 0  # bytes in _pending

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import anyio
 import anyio.abc
 
-from ._redis_scripts import BATCH, CHANGES, HELLO, JANITOR, SNAPSHOT
+from ._redis_scripts import BATCH, HELLO, JANITOR, SNAPSHOT
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", BytesWarning)
@@ -87,7 +87,7 @@ class Pipe:
         self._source = source
         self._sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def send(self, args: list[str]) -> Awaitable[Any]:
+    async def send(self, args: list[str | bytes]) -> Awaitable[Any]:
         """Queue a call; await what this returns for its result (which raises NoScriptError
         when Redis does not hold the script: :meth:`load` it, then send again)."""
         async with self._client.connection_pool.acquire() as connection:
@@ -104,12 +104,11 @@ class Scripts:
 
     def __init__(self, client: coredis.Redis[bytes]) -> None:
         self._batch = client.register_script(BATCH)
-        self._changes = client.register_script(CHANGES)
         self._hello = client.register_script(HELLO)
         self._janitor = client.register_script(JANITOR)
         self._snapshot = client.register_script(SNAPSHOT)
 
-    async def batch(self, args: list[str]) -> list[Any]:
+    async def batch(self, args: list[str | bytes]) -> list[Any]:
         return await _call(self._batch, args)
 
     async def hello(self, args: list[str]) -> list[Any]:
@@ -121,10 +120,7 @@ class Scripts:
     async def snapshot(self) -> list[Any]:
         return await _call(self._snapshot, [])
 
-    async def changes(self, after: bytes, count: int, frontend: str) -> list[Any]:
-        return await _call(self._changes, [after.decode(), str(count), frontend])
 
-
-async def _call(script: coredis.commands.Script[bytes], args: list[str]) -> list[Any]:
+async def _call(script: coredis.commands.Script[bytes], args: Sequence[str | bytes]) -> list[Any]:
     result: Any = await script(args=args)
     return result if isinstance(result, list) else [result]

@@ -20,6 +20,8 @@ from logatron_core import (
     SetKey,
     StoredClient,
     StoredRun,
+    decode_run,
+    encode_run,
 )
 
 __all__ = [
@@ -34,7 +36,6 @@ __all__ = [
     "parse_store_url",
     "redact",
     "refusals",
-    "stream_entries",
 ]
 
 # How long a front end's names outlive it when it dies without a word (issue 9's default).
@@ -108,7 +109,7 @@ class Batch:
     number: int
     mark: int
     commands: list[Any] = field(default_factory=list)
-    args: list[str] = field(default_factory=list)
+    args: list[str | bytes] = field(default_factory=list)
     size: int = 0
     sent: bool = False  # once sent, never changed (a batch whose reply was lost is sent again)
     sent_at: float = 0.0  # time.perf_counter() when last sent
@@ -117,16 +118,13 @@ class Batch:
 class Encoder:
     """Turns a front end's commands into BATCH arguments; names each session's connection
     ``<front end id>:<n>`` and remembers the claims Redis accepted (to claim them again after
-    the front end registers anew). ``sent`` keeps the messages of each run sent, by the origin
-    its change will carry, until the mirror applies it (``apply_change``)."""
+    the front end registers anew)."""
 
     def __init__(self, frontend: str) -> None:
         self.frontend = frontend
         self._count = 0
         self._connections: dict[object, str] = {}  # session -> connection id
         self.held: dict[str, Claim] = {}  # connection id -> its claim, accepted by Redis
-        self.sent: dict[bytes, tuple[str, ...]] = {}
-        self.acknowledged = 0  # the number of the last batch Redis acknowledged
 
     def encode(self, batch: Batch, commands: Iterable[Any], max_bytes: int) -> list[Any]:
         """Add ``commands`` to ``batch`` until it holds ``max_bytes``; returns those left."""
@@ -147,11 +145,11 @@ class Encoder:
             stamp = repr(command.timestamp)
             if kind is Append:
                 messages = command.messages
-                joined = "\n".join(messages)
+                form, data = encode_run(messages)
                 flag = "1" if command.truncated else "0"
-                args += ("A", connection, command.name, stamp, flag, str(len(messages)), joined)
-                batch.size += len(joined) + 64
-                self.sent[self.origin(batch, len(batch.commands))] = messages
+                count = str(len(messages))
+                args += ("A", connection, command.name, stamp, flag, count, data, str(form))
+                batch.size += len(data) + 64
             elif kind is SetKey:
                 args += ("S", connection, command.name, stamp, command.key, command.value)
                 batch.size += len(command.key) + len(command.value) + 64
@@ -163,30 +161,17 @@ class Encoder:
             batch.commands.append((command, connection))
         return []
 
-    def origin(self, batch: Batch, index: int) -> bytes:
-        """What the change of the command at ``index`` in ``batch`` says it comes from."""
-        return f"{self.frontend} {batch.number} {index}".encode()
-
     def accepted(self, batch: Batch, refused: set[int]) -> None:
         """Redis applied ``batch``, refusing the commands at the indexes ``refused``."""
-        self.acknowledged = max(self.acknowledged, batch.number)
         for index, (command, connection) in enumerate(batch.commands):
             kind = type(command)
-            if kind is Append and index in refused:
-                self.sent.pop(self.origin(batch, index), None)
-            elif kind is Claim:
+            if kind is Claim:
                 if index in refused:
                     self.forget(connection, command.session)
                 else:
                     self.held[connection] = command
             elif kind is Release:
                 self.held.pop(connection, None)
-
-    def forget_sent(self, through: int) -> None:
-        """Forget the runs sent in batches numbered up to ``through`` (a snapshot taken after
-        Redis acknowledged them holds them)."""
-        for origin in [origin for origin in self.sent if int(origin.split()[1]) <= through]:
-            del self.sent[origin]
 
     def forget(self, connection: str, session: object) -> None:
         """``connection`` holds no claim any more (refused, or lost to another front end)."""
@@ -214,21 +199,16 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def apply_change(
-    registry: RemoteRegistry, fields: Mapping[Any, Any], sent: dict[bytes, tuple[str, ...]]
-) -> None:
-    """Apply one entry of the change stream to ``registry``'s mirror (emitting its event);
-    the messages of a run this front end sent are taken from ``sent`` (see Encoder), the
-    others from the entry. Raises KeyError/ValueError for an entry it cannot read (a run of
-    its own whose messages it no longer has included), NoSuchClient/NameTaken when the
-    mirror does not match the stream: the caller reloads the mirror."""
+def apply_change(registry: RemoteRegistry, fields: Mapping[Any, Any]) -> None:
+    """Apply one entry of the change stream to ``registry``'s mirror (emitting its event; a
+    run's messages are kept as the bytes they came in, parsed when first read). Raises
+    KeyError/ValueError/IndexError for an entry it cannot read, NoSuchClient/NameTaken when
+    the mirror does not match the stream: the caller reloads the mirror."""
     kind = fields[b"k"]
     name = fields[b"n"].decode()
     stamp = float(fields[b"t"])
     if kind == b"l":
-        messages = sent.pop(fields[b"o"], None)
-        if messages is None:
-            messages = tuple(fields[b"m"].decode(errors="replace").split("\n"))
+        messages = decode_run(int(fields[b"f"]), fields[b"m"], int(fields[b"c"]))
         registry.apply_logged(name, int(fields[b"s"]), stamp, messages, fields[b"x"] == b"1")
     elif kind == b"s":
         key, value = fields[b"a"].decode(), fields[b"v"].decode(errors="replace")
@@ -241,11 +221,6 @@ def apply_change(
         registry.apply_expired(name, stamp)
     else:
         raise ValueError(f"unknown change {kind!r}")
-
-
-def stream_entries(raw: Sequence[Any]) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """The CHANGES script's result as (id, fields) pairs."""
-    return [(entry[0], dict(zip(entry[1][::2], entry[1][1::2], strict=True))) for entry in raw]
 
 
 def _pairs(flat: Sequence[bytes]) -> dict[str, str]:
@@ -266,8 +241,8 @@ def load_snapshot(result: Sequence[Any], now: float) -> tuple[MemoryStore, int, 
         record = _pairs(record_flat)
         runs = []
         for meta, body in zip(runs_flat, ring, strict=True):
-            first, _count, stamp, truncated = meta.decode().split(" ")
-            messages = tuple(body.decode(errors="replace").split("\n"))
+            first, count, stamp, truncated, form = meta.decode().split(" ")
+            messages = tuple(decode_run(int(form), body, int(count)))
             runs.append(StoredRun(name, int(first), float(stamp), messages, truncated == "1"))
         skip = int(record.get("k", "0"))
         client = StoredClient(

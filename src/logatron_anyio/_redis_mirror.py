@@ -1,13 +1,12 @@
 """The replicator: keeps a front end's mirror in step with the change stream in Redis.
 
-It reads ``logatron:changes`` from the last id it applied with the CHANGES script (which
-leaves out the messages of the runs this front end sent: it keeps them, in ``Encoder.sent``,
-until their change comes), waiting with ``XREAD BLOCK`` when there is none, and applies each
+It reads ``logatron:changes`` with ``XREAD BLOCK`` from the last id it applied and applies each
 change to the registry's mirror (``RemoteRegistry.apply_*``, which emit the events tails
-follow). Every change carries its number: one that does not follow the last applied (the
-front end fell more than ``CHANGES_MAXLEN`` behind, or Redis restarted and lost changes) makes
-it load the whole mirror anew from one atomic snapshot, as at start. An idle replicator checks
-once per ``READ_BLOCK_MS`` that Redis did not go back.
+follow); a run's messages stay the bytes they came in (``logatron_core.decode_run``), parsed
+only if something reads them. Every change carries its number: one that does not follow the
+last applied (the front end fell more than ``CHANGES_MAXLEN`` behind, or Redis restarted and
+lost changes) makes it load the whole mirror anew from one atomic snapshot, as at start. An
+idle replicator checks once per ``READ_BLOCK_MS`` that Redis did not go back.
 
 It also answers the ``PONG``s: the driver tells it the change number Redis had reached when
 it acknowledged each batch (:meth:`Mirror.expect`), and the PINGs after that batch are
@@ -19,15 +18,14 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import anyio
 
 from logatron_core import LogatronError, RemoteRegistry
 
-from ._redis_client import FAILURES, Client, Scripts
-from ._redis_codec import Encoder, apply_change, load_snapshot, stream_entries
+from ._redis_client import FAILURES, Client, Scripts, StreamEntry
+from ._redis_codec import apply_change, load_snapshot
 
 __all__ = ["READ_BLOCK_MS", "Mirror"]
 
@@ -54,10 +52,8 @@ class Mirror:
         clock: Callable[[], float],
         on_failure: Callable[[BaseException], None],
         on_progress: Callable[[], None],
-        encoder: Encoder,
     ) -> None:
         self.registry = registry
-        self.encoder = encoder  # its ``sent``: the runs this front end sent
         self.shown_url = shown_url
         self.clock = clock
         self.applied = 0  # the number of the last change applied
@@ -87,13 +83,11 @@ class Mirror:
 
     async def reload(self, scripts: Scripts) -> None:
         """Load the mirror anew from one snapshot; every PONG held is answered."""
-        acknowledged = self.encoder.acknowledged
         result = await scripts.snapshot()
         floor = self.registry.last_seq
         mirror, self.applied, self.last_id = load_snapshot(result, self.clock())
         mirror.restore_last_seq(floor)  # a tail's cursor never goes back
         self.registry.replace_mirror(mirror)
-        self.encoder.forget_sent(acknowledged)  # the snapshot holds them
         self.acked = self.applied
         self.must_reload = False
         while self._expected:
@@ -102,7 +96,6 @@ class Mirror:
 
     async def run(self, client: Client[bytes], scripts: Scripts) -> None:
         """Follow the change stream until cancelled, reloading when it must."""
-        frontend = self.encoder.frontend
         check = False
         while True:
             try:
@@ -112,36 +105,36 @@ class Mirror:
                     self._reloading("it went back: it restarted without its last changes")
                     await self.reload(scripts)
                 check = False
-                raw = await scripts.changes(self.last_id, READ_COUNT, frontend)
-                if raw:
-                    self._apply(stream_entries(raw))
-                    continue
-                reply = await client.xread({CHANGES: self.last_id}, count=1, block=READ_BLOCK_MS)
+                reply = await client.xread(
+                    {CHANGES: self.last_id}, count=READ_COUNT, block=READ_BLOCK_MS
+                )
             except FAILURES as error:
                 self._on_failure(error)
                 await anyio.sleep(RETRY_SECONDS)
                 check = True
                 continue
-            if reply:  # one change came: it is applied, the next ones read as above
-                self._apply((entry.identifier, entry.field_values) for entry in reply[CHANGES])
+            if reply:
+                self._apply(reply[CHANGES])
             else:
                 check = True  # idle: make sure Redis did not go back meanwhile
 
-    def _apply(self, entries: Iterable[tuple[Any, Mapping[Any, Any]]]) -> None:
-        registry, sent = self.registry, self.encoder.sent
-        for identifier, fields in entries:
+    def _apply(self, entries: tuple[StreamEntry, ...]) -> None:
+        registry = self.registry
+        for entry in entries:
+            fields = entry.field_values
             number = int(fields[b"i"])
             if number != self.applied + 1:
                 self._reloading(f"change {number} follows change {self.applied}")
                 self.must_reload = True
                 break
             try:
-                apply_change(registry, fields, sent)
-            except (LogatronError, KeyError, ValueError) as error:
+                apply_change(registry, fields)
+            except (LogatronError, KeyError, ValueError, IndexError) as error:
                 self._reloading(f"change {number} does not apply ({error!r})")
                 self.must_reload = True
                 break
             self.applied = number
+            identifier = entry.identifier
             self.last_id = identifier if isinstance(identifier, bytes) else identifier.encode()
         self._confirm()
 

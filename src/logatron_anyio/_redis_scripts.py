@@ -12,10 +12,9 @@ Keys (all under ``logatron:``):
   ``changes`` carries its number ``i``, so a front end sees at once when it missed some);
 - ``changes`` the stream of changes: ``k`` the kind (``r`` ready, ``l`` logged, ``s`` set,
   ``c`` closed, ``e`` expired), ``n`` the client, ``t`` the timestamp, and for ``l`` the first
-  seq ``s``, the truncated flag ``x``, the messages ``m`` joined by ``\\n`` (no message holds
-  one) and where they come from ``o`` (``<front end> <batch> <index in it>``: the front end
-  that sent them takes them from its memory instead of splitting ``m``); for ``s`` the key
-  ``a`` and the value ``v``;
+  seq ``s``, the count ``c``, the truncated flag ``x``, the messages ``m`` as the bytes they
+  arrived in and the form ``f`` that reads them (``logatron_core.encode_run``: nothing is
+  parsed on the way); for ``s`` the key ``a`` and the value ``v``;
 - ``claims`` name -> the connection holding it (``<front end id>:<n>``); ``held:<front end>``
   the names a front end holds; ``frontends`` the front ends registered; ``frontend:<id>`` a
   front end's lease (a key with a TTL, refreshed by every batch); ``batch:<id>`` the number
@@ -24,14 +23,14 @@ Keys (all under ``logatron:``):
 - ``names`` every client; ``client:<name>`` its record (``c`` connected, ``ca``/``da``
   connected/disconnected at, ``r`` lines received, ``v`` evicted, ``et`` the seq of the newest
   evicted line, ``b`` lines buffered, ``k`` lines of the oldest run already evicted);
-  ``state:<name>`` its state; ``ring:<name>`` its runs of messages and ``runs:<name>`` each
-  run's ``"<first seq> <count> <timestamp> <truncated>"``, oldest first; ``retained`` the
+  ``state:<name>`` its state; ``ring:<name>`` its runs' bytes and ``runs:<name>`` each run's
+  ``"<first seq> <count> <timestamp> <truncated> <form>"``, oldest first; ``retained`` the
   disconnected clients scored by when they disconnected; ``config`` the deployment's limits.
 
 Timestamps travel as the strings the front ends wrote (a Lua number would round them).
 """
 
-__all__ = ["BATCH", "BATCH_WINDOW", "CHANGES", "CHANGES_MAXLEN", "HELLO", "JANITOR", "SNAPSHOT"]
+__all__ = ["BATCH", "BATCH_WINDOW", "CHANGES_MAXLEN", "HELLO", "JANITOR", "SNAPSHOT"]
 
 # Entries kept in the change stream (approximately: XADD MAXLEN ~). A front end that falls
 # further behind reloads the whole state. An entry is one run of lines (at most one receive,
@@ -125,12 +124,12 @@ local function claim(frontend, conn, name, stamp, limits)
   return nil
 end
 
-local function append(conn, name, stamp, truncated, count, messages, buffer_size, origin)
+local function append(conn, name, stamp, truncated, count, messages, form, buffer_size)
   if redis.call('HGET', CLAIMS, name) ~= conn then return not_held(name) end
   local first = redis.call('INCRBY', P .. 'seq', count) - count + 1
   local key, runs, ring = P .. 'client:' .. name, P .. 'runs:' .. name, P .. 'ring:' .. name
   redis.call('RPUSH', ring, messages)
-  redis.call('RPUSH', runs, string.format('%d %d %s %s', first, count, stamp, truncated))
+  redis.call('RPUSH', runs, string.format('%d %d %s %s %s', first, count, stamp, truncated, form))
   redis.call('HINCRBY', key, 'r', count)
   local buffered = redis.call('HINCRBY', key, 'b', count)
   if buffered > buffer_size then
@@ -156,8 +155,8 @@ local function append(conn, name, stamp, truncated, count, messages, buffer_size
     redis.call('HSET', key, 'b', buffer_size, 'k', skip,
                'et', string.format('%d', through))
   end
-  change('l', name, stamp, 's', string.format('%d', first), 'x', truncated, 'm', messages,
-         'o', origin)
+  change('l', name, stamp, 's', string.format('%d', first), 'c', string.format('%d', count),
+         'x', truncated, 'f', form, 'm', messages)
   return nil
 end
 
@@ -187,7 +186,7 @@ end
 
 # ARGV: front end id, batch number, lease in ms, the five limits (buffer size, max clients,
 # max state keys, retention seconds, max retained), then the commands: ``C conn name stamp``,
-# ``A conn name stamp truncated count messages``, ``S conn name stamp key value``,
+# ``A conn name stamp truncated count messages form``, ``S conn name stamp key value``,
 # ``R conn name stamp``. Returns ``{'ok', changeno, index, code, detail, ...}`` (a refusal per
 # refused command, by its index), or ``{'lease'}`` when the front end's lease had expired (its
 # names may have been released: it registers again, then sends the batch again).
@@ -212,8 +211,8 @@ while i <= #ARGV do
   local refusal = nil
   if kind == 'A' then
     refusal = append(conn, name, stamp, ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6],
-                     limits.buffer_size, frontend .. ' ' .. ARGV[2] .. ' ' .. index)
-    i = i + 7
+                     ARGV[i + 7], limits.buffer_size)
+    i = i + 8
   elseif kind == 'S' then
     refusal = set_key(conn, name, stamp, ARGV[i + 4], ARGV[i + 5], limits)
     i = i + 6
@@ -319,23 +318,4 @@ for _, name in ipairs(redis.call('SMEMBERS', P .. 'names')) do
                         redis.call('LRANGE', P .. 'ring:' .. name, 0, -1)})
 end
 return result
-"""
-
-# The changes after a stream id, at most a count of them, as XRANGE gives them, but without
-# the messages of the runs the asking front end sent (it has them: the bytes need not travel
-# back; the field ``m`` becomes an empty ``M``). ARGV: the id, the count, the front end's id.
-CHANGES = """
-local entries = redis.call('XRANGE', 'logatron:changes', '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
-local mine = ARGV[3] .. ' '
-for _, entry in ipairs(entries) do
-  local fields = entry[2]
-  for at = 1, #fields - 1, 2 do
-    if fields[at] == 'o' and string.sub(fields[at + 1], 1, #mine) == mine then
-      for other = 1, #fields - 1, 2 do
-        if fields[other] == 'm' then fields[other], fields[other + 1] = 'M', '' end
-      end
-    end
-  end
-end
-return entries
 """

@@ -26,10 +26,10 @@ from ._events import LogEntry, Logged
 from ._lines import Lines, Parse, parse_quoted, parse_text
 from ._store import ClientInfo, Snapshot, StoredClient, StoredRun
 
-__all__ = ["MemoryStore"]
+__all__ = ["RUN_FORMS", "MemoryStore"]
 
-# The forms a run's bytes may have, by the number kept in its flags.
-_FORMS: tuple[Parse, ...] = (log_messages, parse_text, parse_quoted)
+# The forms a run's bytes may have, by the number kept in its flags (and by a shared store).
+RUN_FORMS: tuple[Parse, ...] = (log_messages, parse_text, parse_quoted)
 _FORM_MASK, _TRUNCATED, _COUNT_SHIFT = 0b11, 0b100, 3
 # A run's numbers in _Record.runs: first seq, (lines << 3 | truncated << 2 | form), bytes.
 _FIELDS = 3
@@ -91,7 +91,7 @@ class _Record:
         if ring is None:
             ring = self.ring = _Ring()
         data, parse = lines.encoded()
-        flags = _FORMS.index(parse) | (_TRUNCATED if truncated else 0)
+        flags = RUN_FORMS.index(parse) | (_TRUNCATED if truncated else 0)
         ring.data += data
         ring.runs.extend((first, len(lines) << _COUNT_SHIFT | flags, len(data)))
         ring.times.append(timestamp)
@@ -165,7 +165,9 @@ class _Record:
             start = max(skip, since - first + 1)
             skip = 0
             if start < count:
-                kept = Lines.from_bytes(_bytes(data, begin, end), count, _FORMS[flags & _FORM_MASK])
+                kept = Lines.from_bytes(
+                    _bytes(data, begin, end), count, RUN_FORMS[flags & _FORM_MASK]
+                )
                 yield Logged(
                     name,
                     first + start,

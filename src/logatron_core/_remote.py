@@ -23,7 +23,8 @@ from typing import Protocol
 
 from ._errors import ErrorCode, NameTaken
 from ._events import ClientClosed, ClientExpired, ClientReady, Logged, StateSet
-from ._memory import MemoryStore
+from ._lines import Lines
+from ._memory import RUN_FORMS, MemoryStore
 from ._registry import Registry
 
 # The shared store enforces the deployment's limits; the mirror takes what it decided.
@@ -36,7 +37,30 @@ class _Origin(Protocol):
     def refuse_late(self, code: ErrorCode, detail: str, now: float) -> None: ...
 
 
-__all__ = ["Append", "Claim", "Command", "Release", "RemoteRegistry", "SetKey"]
+__all__ = [
+    "Append",
+    "Claim",
+    "Command",
+    "Release",
+    "RemoteRegistry",
+    "SetKey",
+    "decode_run",
+    "encode_run",
+]
+
+
+def encode_run(messages: Sequence[str]) -> tuple[int, bytes]:
+    """A run's messages as a shared store keeps them: (form, bytes), the bytes they arrived in
+    when there are (nothing is parsed), read back by :func:`decode_run`."""
+    lines = messages if type(messages) is Lines else Lines(messages)
+    data, parse = lines.encoded()
+    return RUN_FORMS.index(parse), data
+
+
+def decode_run(form: int, data: bytes, count: int) -> Lines:
+    """The ``count`` messages :func:`encode_run` gave as ``(form, data)`` (parsed when first
+    read). Raises IndexError for an unknown form."""
+    return Lines.from_bytes(data, count, RUN_FORMS[form])
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +74,11 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class Append:
-    """A run of lines from the connection holding ``name``'s claim (``session``)."""
+    """A run of lines from the connection holding ``name``'s claim (``session``); its
+    messages immutable (a tuple, or a ``Lines`` kept unparsed)."""
 
     name: str
-    messages: tuple[str, ...]
+    messages: Sequence[str]
     timestamp: float
     truncated: bool
     session: object
@@ -120,7 +145,8 @@ class RemoteRegistry(Registry):
         origin: object = None,
     ) -> None:
         if messages:
-            self._queue(Append(name, tuple(messages), now, truncated, origin))
+            kept = messages if type(messages) is Lines else tuple(messages)
+            self._queue(Append(name, kept, now, truncated, origin))
 
     def set_state(
         self, name: str, key: str, value: str, now: float, *, origin: object = None
@@ -179,7 +205,7 @@ class RemoteRegistry(Registry):
         self._emit(ClientReady(name, now))
 
     def apply_logged(
-        self, name: str, first_seq: int, now: float, messages: tuple[str, ...], truncated: bool
+        self, name: str, first_seq: int, now: float, messages: Sequence[str], truncated: bool
     ) -> None:
         """The shared store appended a run to ``name``'s log with seqs from ``first_seq``."""
         mirror = self.mirror
