@@ -20,6 +20,8 @@ from logatron_core import (
     RemoteRegistry,
     Session,
     SetKey,
+    decode_run,
+    encode_run,
 )
 from logatron_core._remote import Command
 
@@ -204,3 +206,18 @@ def test_a_mirror_loaded_anew_serves_every_read() -> None:
     assert a.registry.log("x") == [] and a.registry.last_seq == 1
     a.registry.apply_logged("x", 2, 3.0, ("two",), False)
     assert [entry.seq for entry in a.registry.log("x")] == [2]
+
+
+def test_a_run_travels_to_a_shared_store_as_its_bytes_and_back() -> None:
+    front = FrontEnd(SharedStore())
+    session = Session(front.registry)
+    session.receive_data(b"IAM w\nLOG  one\r\nLOG two \nLOG \xff\nPING\n", 1.0)
+    (_, claim_and_run) = front.registry.take()
+    append = claim_and_run[1]
+    assert isinstance(append, Append)
+    form, data = encode_run(append.messages)
+    assert data.startswith(b"LOG  one")  # the bytes as they came: nothing parsed
+    assert decode_run(form, data, len(append.messages)) == (" one", "two", "\ufffd")
+    for messages in [("a", "b"), ("with\nnewline", ""), ("\udcff",)]:
+        form, data = encode_run(messages)
+        assert decode_run(form, data, len(messages)) == messages
