@@ -409,16 +409,18 @@ def tls_files(directory: Path) -> TlsFiles:
 
 
 def flood_command(
-    port: int,
+    port: int | Sequence[int],
     *,
     lines: int | None = None,
     seconds: float | None = None,
     tls_ca: Path | None = None,
 ) -> list[str]:
     """The load generator against ``port``: CLIENTS clients each send ``lines`` lines, or as
-    many as fit in ``seconds``, over TLS trusting ``tls_ca`` if given. Its output
-    (``run_json``): ``{"lines": sent, "seconds": ...}``."""
-    args = ["--flood", str(port)]
+    many as fit in ``seconds``, over TLS trusting ``tls_ca`` if given; with several ports,
+    client ``i`` goes to the ``i % len``-th. Its output (``run_json``): ``{"lines": sent,
+    "seconds": ...}``."""
+    ports = [port] if isinstance(port, int) else list(port)
+    args = ["--flood", ",".join(map(str, ports))]
     if lines is not None:
         args += ["--lines", str(lines)]
     if seconds is not None:
@@ -475,14 +477,14 @@ def _flood_client(
         out.append((time.perf_counter(), sent))
 
 
-def _flood(port: int, lines: int | None, seconds: float | None, tls_ca: str | None) -> None:
+def _flood(ports: list[int], lines: int | None, seconds: float | None, tls_ca: str | None) -> None:
     start = threading.Barrier(CLIENTS + 1)
     finished: list[tuple[float, int]] = []
     tls = None if tls_ca is None else ssl.create_default_context(cafile=tls_ca)
     threads = [
         threading.Thread(
             target=_flood_client,
-            args=(index, port, lines, seconds, start, finished, tls),
+            args=(index, ports[index % len(ports)], lines, seconds, start, finished, tls),
             daemon=True,
         )
         for index in range(CLIENTS)
@@ -577,12 +579,13 @@ def emit(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="The load generator of the benchmarks.")
-    parser.add_argument("--flood", type=int, metavar="PORT", required=True)
+    parser.add_argument("--flood", metavar="PORT[,PORT…]", required=True)
     parser.add_argument("--lines", type=int, help="lines per client")
     parser.add_argument("--seconds", type=float, help="or: send for this long")
     parser.add_argument("--tls-ca", metavar="FILE", help="connect over TLS, trusting FILE")
     args = parser.parse_args()
-    _flood(args.flood, args.lines, args.seconds, args.tls_ca)
+    ports = [int(port) for port in args.flood.split(",")]
+    _flood(ports, args.lines, args.seconds, args.tls_ca)
 
 
 if __name__ == "__main__":

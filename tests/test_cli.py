@@ -323,6 +323,8 @@ SERVE_VARIABLES = {
     "--tls-key": "LOGATRON_TLS_KEY",
     "--tls-client-ca": "LOGATRON_TLS_CLIENT_CA",
     "--auth-file": "LOGATRON_AUTH_FILE",
+    "--store": "LOGATRON_STORE",
+    "--lease-seconds": "LOGATRON_LEASE_SECONDS",
     "--token": "LOGATRON_TOKEN",
 }
 TLS_CLIENT_VARIABLES = {

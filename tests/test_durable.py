@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import signal
 import socket
 import sqlite3
@@ -23,55 +22,16 @@ from logatron_anyio import Consumer, Current, HttpServer, LogatronServer
 from logatron_anyio._durable import DurableStore
 from logatron_core import LogEntry
 from logatron_sync import LogatronHandler
+from served import Served, served
 
 TIMEOUT = 20
 BACKENDS = ["asyncio", "trio"]
 
 
-class Serve:
-    """A ``logatron serve`` subprocess on ephemeral ports (or the TCP port given)."""
-
-    def __init__(self, data_dir: Path, backend: str, *extra: str, port: int = 0) -> None:
-        command = [
-            sys.executable, "-m", "logatron_anyio", "serve", "--port", str(port),
-            "--http-port", "0", "--data-dir", str(data_dir), "--backend", backend, *extra,
-        ]  # fmt: skip
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        assert self.process.stdout is not None
-        banner = self.process.stdout.readline(), self.process.stdout.readline()
-        ports = [int(re.findall(r":(\d+)", line)[-1]) for line in banner if line]
-        if len(ports) != 2:
-            self.process.kill()
-            raise AssertionError(f"no banner: {banner} {self.process.communicate()}")
-        self.port, self.http_port = ports
-
-    def get(self, path: str) -> Any:
-        with socket.create_connection(("127.0.0.1", self.http_port), timeout=TIMEOUT) as http:
-            http.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := http.recv(65536):
-                data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), head
-        return json.loads(body)
-
-    def kill(self, how: int) -> str:
-        """Send ``how`` (SIGKILL, SIGTERM) and wait for the end; the server's stderr."""
-        self.process.send_signal(how)
-        _, err = self.process.communicate(timeout=TIMEOUT)
-        return err
-
-
 @contextmanager
-def serving(data_dir: Path, backend: str, *extra: str, port: int = 0) -> Iterator[Serve]:
-    server = Serve(data_dir, backend, *extra, port=port)
-    try:
+def serving(data_dir: Path, backend: str, *extra: str, port: int = 0) -> Iterator[Served]:
+    with served("--data-dir", str(data_dir), "--backend", backend, *extra, port=port) as server:
         yield server
-    finally:
-        if server.process.poll() is None:
-            server.kill(signal.SIGKILL)
 
 
 def connect(port: int, hello: bytes) -> socket.socket:
@@ -89,7 +49,7 @@ def expect(peer: socket.socket, reply: bytes) -> None:
     assert data == reply
 
 
-def log_of(server: Serve, name: str) -> list[tuple[int, float, str, bool]]:
+def log_of(server: Served, name: str) -> list[tuple[int, float, str, bool]]:
     record = server.get(f"/api/clients/{name}")
     return [(e["seq"], e["timestamp"], e["message"], e["truncated"]) for e in record["log"]]
 

@@ -20,6 +20,8 @@ from logatron_core import (
     RemoteRegistry,
     Session,
     SetKey,
+    decode_run,
+    encode_run,
 )
 from logatron_core._remote import Command
 
@@ -175,3 +177,47 @@ def test_a_claim_past_the_deployments_client_limit_is_refused_late() -> None:
     assert late.closed
     assert late.data_to_send().startswith(b"ERR %s " % ErrorCode.TOO_MANY_CLIENTS.value.encode())
     assert [change[1] for change in shared.changes] == ["one"]  # nothing of "two" stored
+
+
+def test_the_adapter_is_told_when_commands_start_to_wait() -> None:
+    front = FrontEnd(SharedStore())
+    told: list[int] = []
+    front.registry.on_queued = lambda: told.append(front.registry.mark)
+    session = Session(front.registry)
+    session.receive_data(b"IAM q\nLOG a\nLOG b\n", 1.0)
+    session.receive_data(b"SET k v\n", 1.0)
+    assert told == [0]  # once, when the first command was queued
+    front.sync()
+    session.receive_data(b"LOG c\n", 2.0)
+    assert told == [0, 3]
+
+
+def test_a_mirror_loaded_anew_serves_every_read() -> None:
+    shared = SharedStore()
+    a = FrontEnd(shared)
+    Session(a.registry).receive_data(b"IAM x\nLOG one\n", 1.0)
+    a.sync()
+    a.mirror()
+    loaded = MemoryStore()
+    loaded.restore(shared.store.stored_client("x"), [], 2.0, keep_connected=True)
+    loaded.restore_last_seq(shared.store.last_seq)
+    a.registry.replace_mirror(loaded)
+    assert a.registry.counts() == (1, 0) and a.registry.client("x").connected
+    assert a.registry.log("x") == [] and a.registry.last_seq == 1
+    a.registry.apply_logged("x", 2, 3.0, ("two",), False)
+    assert [entry.seq for entry in a.registry.log("x")] == [2]
+
+
+def test_a_run_travels_to_a_shared_store_as_its_bytes_and_back() -> None:
+    front = FrontEnd(SharedStore())
+    session = Session(front.registry)
+    session.receive_data(b"IAM w\nLOG  one\r\nLOG two \nLOG \xff\nPING\n", 1.0)
+    (_, claim_and_run) = front.registry.take()
+    append = claim_and_run[1]
+    assert isinstance(append, Append)
+    form, data = encode_run(append.messages)
+    assert data.startswith(b"LOG  one")  # the bytes as they came: nothing parsed
+    assert decode_run(form, data, len(append.messages)) == (" one", "two", "\ufffd")
+    for messages in [("a", "b"), ("with\nnewline", ""), ("\udcff",)]:
+        form, data = encode_run(messages)
+        assert decode_run(form, data, len(messages)) == messages

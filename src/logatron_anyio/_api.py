@@ -80,7 +80,8 @@ class Api:
             return json_reply(200, {"status": "ok"})
         health = self.store_health()
         if health.failing:
-            failing = {"status": "failing", "store": "failing", "error": health.last_error}
+            state = health.failed_state
+            failing = {"status": "failing", "store": state, "error": health.last_error}
             return json_reply(503, failing)
         return json_reply(200, {"status": "ok", "store": "ok"})
 
@@ -290,14 +291,14 @@ def render_metrics(
     if store is not None:
         families += [
             _metric("logatron_store_failing", "gauge",
-                    "1 while the last write to the data dir failed.", _one(int(store.failing))),
-            _metric("logatron_store_flushes_total", "counter", "Batches written to the data dir.",
+                    "1 while the last write to the store failed.", _one(int(store.failing))),
+            _metric("logatron_store_flushes_total", "counter", "Batches written to the store.",
                     _one(store.flushes)),
             _metric("logatron_store_failed_flushes_total", "counter",
-                    "Writes to the data dir that failed (kept for the next one).",
+                    "Writes to the store that failed (kept for the next one).",
                     _one(store.failed_flushes)),
             _metric("logatron_store_rows_written_total", "counter",
-                    "Rows written to the data dir.", _one(store.rows_written)),
+                    "Rows (Redis: commands) written to the store.", _one(store.rows_written)),
             _metric("logatron_store_flush_seconds_total", "counter",
                     "Time spent writing batches.", _one(round(store.flush_seconds, 6))),
             _metric("logatron_store_last_flush_seconds", "gauge",

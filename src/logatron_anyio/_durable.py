@@ -37,9 +37,12 @@ DEFAULT_FLUSH_INTERVAL = 1.0
 
 @dataclass(slots=True)
 class StoreHealth:
-    """The durable store's figures, for ``/healthz`` and ``/metrics``."""
+    """A store's figures, for ``/healthz`` and ``/metrics`` (``--data-dir``: writes to disk;
+    ``--store redis://``: batches sent to Redis). ``failed_state`` is what ``/healthz`` says
+    of the store while ``failing``."""
 
     failing: bool = False
+    failed_state: str = "failing"
     last_error: str = ""
     flushes: int = 0
     failed_flushes: int = 0

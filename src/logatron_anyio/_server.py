@@ -26,6 +26,7 @@ connection ended.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
@@ -113,6 +114,12 @@ class _Connection:
         try:
             with scope:
                 await self._send_waiting()
+            if self.session.closed:
+                # Closed outside the reader (a claim a shared store refused late): its fatal
+                # ERR written, the reader's receive ends as if the peer had closed.
+                raw = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+                with contextlib.suppress(OSError):
+                    raw.shutdown(socket.SHUT_RD)
         except Exception as error:  # a bug here must never take the whole server down
             _log_failure("writing to %s failed", self.peer, error)
         finally:

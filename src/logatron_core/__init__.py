@@ -64,7 +64,7 @@ from ._limits import (
 from ._lines import Lines
 from ._memory import MemoryStore
 from ._registry import Registry
-from ._remote import Append, Claim, Release, RemoteRegistry, SetKey
+from ._remote import Append, Claim, Release, RemoteRegistry, SetKey, decode_run, encode_run
 from ._session import Session
 from ._store import (
     ClientInfo,
@@ -152,6 +152,8 @@ __all__ = (
     "TooManyClients",
     "TooManyKeys",
     "certificate_names",
+    "decode_run",
+    "encode_run",
     "is_valid_name",
     "is_valid_token",
     "rebuild",

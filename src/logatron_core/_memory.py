@@ -26,10 +26,10 @@ from ._events import LogEntry, Logged
 from ._lines import Lines, Parse, parse_quoted, parse_text
 from ._store import ClientInfo, Snapshot, StoredClient, StoredRun
 
-__all__ = ["MemoryStore"]
+__all__ = ["RUN_FORMS", "MemoryStore"]
 
-# The forms a run's bytes may have, by the number kept in its flags.
-_FORMS: tuple[Parse, ...] = (log_messages, parse_text, parse_quoted)
+# The forms a run's bytes may have, by the number kept in its flags (and by a shared store).
+RUN_FORMS: tuple[Parse, ...] = (log_messages, parse_text, parse_quoted)
 _FORM_MASK, _TRUNCATED, _COUNT_SHIFT = 0b11, 0b100, 3
 # A run's numbers in _Record.runs: first seq, (lines << 3 | truncated << 2 | form), bytes.
 _FIELDS = 3
@@ -91,7 +91,7 @@ class _Record:
         if ring is None:
             ring = self.ring = _Ring()
         data, parse = lines.encoded()
-        flags = _FORMS.index(parse) | (_TRUNCATED if truncated else 0)
+        flags = RUN_FORMS.index(parse) | (_TRUNCATED if truncated else 0)
         ring.data += data
         ring.runs.extend((first, len(lines) << _COUNT_SHIFT | flags, len(data)))
         ring.times.append(timestamp)
@@ -165,7 +165,9 @@ class _Record:
             start = max(skip, since - first + 1)
             skip = 0
             if start < count:
-                kept = Lines.from_bytes(_bytes(data, begin, end), count, _FORMS[flags & _FORM_MASK])
+                kept = Lines.from_bytes(
+                    _bytes(data, begin, end), count, RUN_FORMS[flags & _FORM_MASK]
+                )
                 yield Logged(
                     name,
                     first + start,
@@ -393,12 +395,23 @@ class MemoryStore:
             oldest,
         )
 
-    def restore(self, client: StoredClient, runs: list[StoredRun], now: float) -> None:
+    def restore(
+        self,
+        client: StoredClient,
+        runs: list[StoredRun],
+        now: float,
+        *,
+        keep_connected: bool = False,
+    ) -> None:
         """Add ``client``'s stored record, disconnected (retained after those restored before
-        it), with ``runs`` (oldest first) cut to its ``oldest_seq``."""
+        it), with ``runs`` (oldest first) cut to its ``oldest_seq``. With ``keep_connected``
+        (a mirror of a shared store, whose connections live on) a connected client stays
+        connected."""
         record = _Record(client.name, client.connected_at)
-        record.connected = False
-        record.disconnected_at = now if client.connected else client.disconnected_at
+        connected = client.connected and keep_connected
+        record.connected = connected
+        if not connected:
+            record.disconnected_at = now if client.connected else client.disconnected_at
         record.state = dict(client.state) if client.state else None
         record.lines_received = client.lines_received
         record.lines_evicted = client.lines_evicted
@@ -412,7 +425,10 @@ class MemoryStore:
             record.head_skip = max(0, client.oldest_seq - oldest)
             record.buffered -= record.head_skip
         self._records[client.name] = record
-        self._retained[client.name] = None
+        if connected:
+            self._connected += 1
+        else:
+            self._retained[client.name] = None
 
     def restore_last_seq(self, last_seq: int) -> None:
         """Seqs continue above ``last_seq``."""

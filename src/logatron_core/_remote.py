@@ -17,13 +17,14 @@ connection for a refused claim). A session's lines that follow a claim refused t
 discarded by the shared store, which appends only for the connection holding the claim.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ._errors import ErrorCode, NameTaken
 from ._events import ClientClosed, ClientExpired, ClientReady, Logged, StateSet
-from ._memory import MemoryStore
+from ._lines import Lines
+from ._memory import RUN_FORMS, MemoryStore
 from ._registry import Registry
 
 # The shared store enforces the deployment's limits; the mirror takes what it decided.
@@ -36,7 +37,30 @@ class _Origin(Protocol):
     def refuse_late(self, code: ErrorCode, detail: str, now: float) -> None: ...
 
 
-__all__ = ["Append", "Claim", "Command", "Release", "RemoteRegistry", "SetKey"]
+__all__ = [
+    "Append",
+    "Claim",
+    "Command",
+    "Release",
+    "RemoteRegistry",
+    "SetKey",
+    "decode_run",
+    "encode_run",
+]
+
+
+def encode_run(messages: Sequence[str]) -> tuple[int, bytes]:
+    """A run's messages as a shared store keeps them: (form, bytes), the bytes they arrived in
+    when there are (nothing is parsed), read back by :func:`decode_run`."""
+    lines = messages if type(messages) is Lines else Lines(messages)
+    data, parse = lines.encoded()
+    return RUN_FORMS.index(parse), data
+
+
+def decode_run(form: int, data: bytes, count: int) -> Lines:
+    """The ``count`` messages :func:`encode_run` gave as ``(form, data)`` (parsed when first
+    read). Raises IndexError for an unknown form."""
+    return Lines.from_bytes(data, count, RUN_FORMS[form])
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +74,11 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class Append:
-    """A run of lines from the connection holding ``name``'s claim (``session``)."""
+    """A run of lines from the connection holding ``name``'s claim (``session``); its
+    messages immutable (a tuple, or a ``Lines`` kept unparsed)."""
 
     name: str
-    messages: tuple[str, ...]
+    messages: Sequence[str]
     timestamp: float
     truncated: bool
     session: object
@@ -95,6 +120,8 @@ class RemoteRegistry(Registry):
         super().__init__(self.mirror, **limits)  # type: ignore[arg-type]
         self._commands: list[Command] = []
         self._claimed: dict[str, object] = {}  # names this front end's sessions claimed
+        # Called when a command is queued while none was: the adapter's cue to send soon.
+        self.on_queued: Callable[[], object] | None = None
         self.hold_pongs()
 
     # -- what sessions do: queued as commands ---------------------------------------------------
@@ -118,7 +145,8 @@ class RemoteRegistry(Registry):
         origin: object = None,
     ) -> None:
         if messages:
-            self._queue(Append(name, tuple(messages), now, truncated, origin))
+            kept = messages if type(messages) is Lines else tuple(messages)
+            self._queue(Append(name, kept, now, truncated, origin))
 
     def set_state(
         self, name: str, key: str, value: str, now: float, *, origin: object = None
@@ -138,6 +166,8 @@ class RemoteRegistry(Registry):
         super().count_error(None, code)
 
     def _queue(self, command: Command) -> None:
+        if not self._commands and self.on_queued is not None:
+            self.on_queued()
         self._commands.append(command)
         self.mark += 1
 
@@ -163,13 +193,19 @@ class RemoteRegistry(Registry):
             origin: _Origin = command.session
             origin.refuse_late(code, detail, now)
 
+    def replace_mirror(self, mirror: MemoryStore) -> None:
+        """Serve every read from ``mirror`` from now on: the shared store's state, loaded anew
+        (at start, or after the shared store lost changes). Subscribers are not told."""
+        self.mirror = mirror
+        self.store = mirror
+
     def apply_ready(self, name: str, now: float) -> None:
         """The shared store connected ``name`` (on any front end)."""
         self.mirror.connect(name, now, _NO_LIMIT)
         self._emit(ClientReady(name, now))
 
     def apply_logged(
-        self, name: str, first_seq: int, now: float, messages: tuple[str, ...], truncated: bool
+        self, name: str, first_seq: int, now: float, messages: Sequence[str], truncated: bool
     ) -> None:
         """The shared store appended a run to ``name``'s log with seqs from ``first_seq``."""
         mirror = self.mirror

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, TextIO, TypeVar, get_args
 
 import anyio
 import anyio.abc
@@ -34,10 +34,18 @@ from logatron_core import (
     DEFAULT_RETENTION_SECONDS,
     MAX_LINE_BYTES,
     Registry,
+    RemoteRegistry,
 )
 
 from .. import HttpServer, LogatronServer
 from .._durable import DEFAULT_FLUSH_INTERVAL, DataDirError, DurableStore
+from .._redis_codec import (
+    DEFAULT_LEASE_SECONDS,
+    StoreUnavailable,
+    StoreUrlError,
+    parse_store_url,
+    redact,
+)
 from .common import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -57,6 +65,9 @@ from .common import (
     until_signal,
 )
 from .network import AccessError, server_access, warn_if_exposed
+
+if TYPE_CHECKING:
+    from .._redis import RedisStore
 
 __all__ = [
     "Fsync",
@@ -97,16 +108,20 @@ class ServeConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     auth_file: str | None = None
+    store: str = field(default="memory", repr=False)  # logged without its password
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
     token: str | None = field(default=None, repr=False)  # never logged
 
 
 @dataclass(frozen=True, slots=True)
 class Servers:
-    """What ``serve`` runs: the TCP server, the HTTP server, the durable store (if any)."""
+    """What ``serve`` runs: the TCP server, the HTTP server, the durable store or the shared
+    store (if any)."""
 
     tcp: LogatronServer
     http: HttpServer | None
     durable: DurableStore | None
+    shared: RedisStore | None = None
 
 
 _DEFAULT = ServeConfig()
@@ -114,9 +129,10 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def build_servers(config: ServeConfig) -> Servers:
-    """The servers over one new registry (read back from ``data_dir`` when given): the one
-    place that constructs them. Raises AccessError when a TLS or auth file cannot be used,
-    DataDirError when the data directory cannot be used."""
+    """The servers over one new registry (read back from ``data_dir`` when given, a mirror of
+    the shared store with ``store``): the one place that constructs them. Raises AccessError
+    when a TLS or auth file cannot be used, DataDirError when the data directory cannot be
+    used, StoreUrlError for a ``store`` that names none."""
     tcp_tls, http_tls, authorizer = server_access(
         config.tls_cert, config.tls_key, config.tls_client_ca, config.token, config.auth_file
     )
@@ -127,8 +143,14 @@ def build_servers(config: ServeConfig) -> Servers:
         "retention_seconds": config.retention_seconds,
         "max_retained": config.max_retained,
     }
-    durable = None
-    if config.data_dir is None:
+    durable = shared = None
+    if parse_store_url(config.store) is not None:
+        from .._redis import RedisStore  # coredis is imported only when it is used
+
+        remote = RemoteRegistry(**options)  # type: ignore[arg-type]
+        shared = RedisStore(config.store, remote, lease_seconds=config.lease_seconds)
+        registry: Registry = remote
+    elif config.data_dir is None:
         registry = Registry(**options)  # type: ignore[arg-type]
     else:
         durable = DurableStore.open(
@@ -143,13 +165,14 @@ def build_servers(config: ServeConfig) -> Servers:
         config.port,
         registry=registry,
         max_line_bytes=config.max_line_bytes,
-        store_driver=durable,
+        store_driver=durable or shared,
         ssl_context=tcp_tls,
         authorizer=authorizer,
     )
     http = None
     if not config.no_http:
-        health = None if durable is None else (lambda: durable.health)
+        store = durable or shared
+        health = None if store is None else (lambda: store.health)
         http = HttpServer(
             registry,
             config.host,
@@ -158,7 +181,7 @@ def build_servers(config: ServeConfig) -> Servers:
             authorizer=authorizer,
             ssl_context=http_tls,
         )
-    return Servers(tcp, http, durable)
+    return Servers(tcp, http, durable, shared)
 
 
 def run(config: ServeConfig) -> int:
@@ -173,6 +196,7 @@ def run(config: ServeConfig) -> int:
     try:
         settings = asdict(config)
         del settings["token"]
+        settings["store"] = redact(config.store)
         log.getChild("server").info(
             "starting on %s with %s",
             config.backend,
@@ -181,7 +205,7 @@ def run(config: ServeConfig) -> int:
         )
         try:
             servers = build_servers(config)
-        except (AccessError, DataDirError) as error:
+        except (AccessError, DataDirError, StoreUrlError) as error:
             say_error(str(error))
             return 1
         warn_if_exposed(
@@ -193,8 +217,8 @@ def run(config: ServeConfig) -> int:
         anyio.run(
             until_signal, functools.partial(_serve, servers), _stopping, backend=config.backend
         )
-    except (_CannotListen, ExceptionGroup) as raised:
-        cannot = only(raised, _CannotListen)
+    except (_CannotListen, StoreUnavailable, ExceptionGroup) as raised:
+        cannot = only(raised, _CannotListen) or only(raised, StoreUnavailable)
         if cannot is None:
             raise
         say_error(str(cannot))
@@ -291,16 +315,20 @@ async def _listen(
 async def _serve(servers: Servers) -> None:
     """Serve until cancelled; with a durable store, its last batch is written once the servers
     have closed every connection."""
-    durable = servers.durable
+    durable, shared = servers.durable, servers.shared
     async with anyio.create_task_group() as tg:
         if durable is not None:
             await tg.start(durable.run)
+        if shared is not None:
+            await tg.start(shared.run)  # raises StoreUnavailable: nothing listens then
         try:
             await _serve_ports(servers.tcp, servers.http)
         finally:
-            if durable is not None:
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
+                if durable is not None:
                     await durable.flush()
+                if shared is not None:
+                    await shared.stop()
             tg.cancel_scope.cancel()
 
 
@@ -409,6 +437,20 @@ def _limit(flag: str, envvar: str, minimum: int, metavar: str, help: str) -> Cal
     metavar="FILE",
     help="tokens with scopes (TOML: [[token]] with secret or secret_sha256, read, write)",
 )
+@_setting(
+    "--store",
+    "LOGATRON_STORE",
+    metavar="URL",
+    help="memory (in this process), or redis://[user:password@]host:port/db (rediss:// for "
+    "TLS): one store in Redis shared by every front end given the same URL",
+)
+@_setting(
+    "--lease-seconds",
+    "LOGATRON_LEASE_SECONDS",
+    type=Number(min=0.1),
+    metavar="SECONDS",
+    help="with --store redis://: how long the names of a front end that died stay taken",
+)
 @token_option(
     "a token that may read (HTTP) and write as any name; then every route but /healthz, "
     "and every TCP client, needs a token"
@@ -419,4 +461,6 @@ def serve(ctx: click.Context, /, **settings: Any) -> None:
     variable shown; the flag wins."""
     if (settings["tls_key"] or settings["tls_client_ca"]) and not settings["tls_cert"]:
         raise click.UsageError("--tls-key and --tls-client-ca go with --tls-cert")
+    if settings["store"] != "memory" and settings["data_dir"] is not None:
+        raise click.UsageError("--data-dir keeps the memory store on disk: not with --store")
     ctx.exit(run(ServeConfig(**settings)))
