@@ -13,14 +13,12 @@ missing.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import signal
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TextIO, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 import anyio
 import anyio.abc
@@ -65,6 +63,7 @@ from .common import (
     until_signal,
 )
 from .network import AccessError, server_access, warn_if_exposed
+from .serverlog import configure_log, log_stopping
 
 if TYPE_CHECKING:
     from .._redis import RedisStore
@@ -191,7 +190,7 @@ def run(config: ServeConfig) -> int:
     The ``logatron`` logger gets a handler on stderr for the run, removed afterwards."""
     log = logging.getLogger("logatron")
     level = log.level
-    handler = _configure_log(config.log_format, sys.stderr)
+    handler = configure_log(config.log_format, sys.stderr)
     servers = None
     try:
         settings = asdict(config)
@@ -215,7 +214,7 @@ def run(config: ServeConfig) -> int:
             client_certificates=config.tls_client_ca is not None,
         )
         anyio.run(
-            until_signal, functools.partial(_serve, servers), _stopping, backend=config.backend
+            until_signal, functools.partial(_serve, servers), log_stopping, backend=config.backend
         )
     except (_CannotListen, StoreUnavailable, ExceptionGroup) as raised:
         cannot = only(raised, _CannotListen) or only(raised, StoreUnavailable)
@@ -229,48 +228,6 @@ def run(config: ServeConfig) -> int:
         log.removeHandler(handler)
         log.setLevel(level)
     return 0
-
-
-class _JsonFormatter(logging.Formatter):
-    _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": round(record.created, 6),
-            "level": record.levelname.lower(),
-            "message": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in self._STANDARD:
-                entry[key] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def _configure_log(log_format: str, stream: TextIO) -> logging.Handler:
-    handler = logging.StreamHandler(stream)
-    if log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s logatron %(levelname)s %(message)s"))
-        handler.addFilter(_after_startup)
-    log = logging.getLogger("logatron")
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    return handler
-
-
-def _after_startup(record: logging.LogRecord) -> bool:
-    """The text log's filter: the startup lines on stdout say what these records would."""
-    return getattr(record, "event", None) not in ("starting", "listening")
-
-
-def _stopping(signum: int) -> None:
-    name = signal.Signals(signum).name
-    logging.getLogger("logatron.server").info(
-        "stopping on %s", name, extra={"event": "stopping", "signal": name}
-    )
 
 
 def _format_address(address: tuple[str, int]) -> str:
