@@ -31,7 +31,7 @@ from logatron_sync import LogatronClient, LogatronHandler
 from logatron_sync import LogatronServer as SyncServer
 from pki import Pki
 from test_cli import Lines
-from test_scenarios import TIMEOUT, Peer, Running, Servers
+from test_scenarios import TIMEOUT, Peer, Running, Servers, messages
 
 WRITER = TokenGrant.from_secret("w-secret", write=("worker-*",))
 READER = TokenGrant.from_secret("r-secret", read=True)
@@ -106,6 +106,48 @@ def test_plain_text_or_garbage_is_closed_at_once(
     good = servers.peer(running, pki.client_context())
     good.send(b"IAM good\n")
     assert good.ping() == [] and names(running) == ["good"]
+
+
+def test_a_close_notify_in_the_same_flight_as_a_ping_ends_the_session(
+    servers: Servers, pki: Pki
+) -> None:
+    """A client that half-closes its TLS side (``close_notify``, as Go's ``CloseWrite`` or
+    ``SSLObject.unwrap()`` send, the TCP connection left open) right behind its ``PING``, in
+    one flight: it gets its ``PONG``, the server sees the end and closes the connection, and
+    the client is disconnected (its name free again)."""
+    running = servers.start(ssl_context=pki.server_context())
+    sock = socket.create_connection(("127.0.0.1", running.port), timeout=TIMEOUT)
+    with sock:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = pki.client_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        sock.sendall(outgoing.read())
+        tls.write(b"IAM brief\nLOG bye\nPING last\n")
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.unwrap()  # close_notify, queued behind the lines
+        sock.sendall(outgoing.read())  # one flight: the lines and the close_notify
+        received = b""
+        while True:  # until the server's close (its close_notify, or the TCP end)
+            try:
+                received += tls.read(65536)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+            data = sock.recv(65536)  # the socket's timeout bounds the wait
+            if not data:
+                break
+            incoming.write(data)
+    assert received == b"PONG last\n"
+    running.wait_until(lambda r: "brief" in r.names() and not r.client("brief").connected)
+    assert messages(running, "brief") == ["bye"]
 
 
 def test_a_silent_peer_is_closed_after_the_handshake_timeout(servers: Servers, pki: Pki) -> None:

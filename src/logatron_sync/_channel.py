@@ -48,6 +48,7 @@ class Channel:
         "_incoming",
         "_outgoing",
         "deadline",
+        "ended",
         "out",
         "peer",
         "recv_bytes",
@@ -75,6 +76,9 @@ class Channel:
         self.recv_bytes = RECV_BYTES  # adapted to the cost of this peer's input
         self.out = b""  # bytes for the socket (encrypted, with TLS), not yet all written
         self.writing = False  # selected for writing as well as reading
+        # The peer's end (a TLS close_notify) came with the bytes receive() returned last: no
+        # select event will say so again, so the next receive() returns b"" at once.
+        self.ended = False
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self.tls: ssl.SSLObject | None = None
@@ -109,7 +113,10 @@ class Channel:
     def receive(self) -> bytes | None:
         """What the peer sent, up to ``recv_bytes`` read from the socket: b"" at its end,
         None if nothing now. Over TLS, every record that has come whole, decrypted (some may
-        have come with the handshake; a broken record counts as the end)."""
+        have come with the handshake; a broken record counts as the end); when the end came
+        right after them, ``ended`` is set and the next call returns b"" without reading."""
+        if self.ended:
+            return b""
         raw = self._recv(self.recv_bytes)
         tls = self.tls
         if tls is None:
@@ -133,7 +140,8 @@ class Channel:
             self.out += self._outgoing.read()
             self.write()
         if chunks:
-            return b"".join(chunks)  # an end after them shows on the socket's next read
+            self.ended = ended  # the socket may never be readable again (close_notify alone)
+            return b"".join(chunks)
         return b"" if ended or raw == b"" else None
 
     def _recv(self, limit: int) -> bytes | None:

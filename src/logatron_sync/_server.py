@@ -366,6 +366,8 @@ class LogatronServer:
             connection.write()
         if session.closed:
             self._close(connection)
+        elif connection.ended:  # the peer's end came with these bytes: no event will follow
+            self._on_readable(connection)
 
     def _close(self, connection: Channel) -> None:
         """Flush what can be sent without waiting, then close the connection."""
