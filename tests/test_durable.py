@@ -18,9 +18,9 @@ from typing import Any
 import anyio
 import pytest
 
-from logatron_anyio import Consumer, Current, HttpServer, LogatronServer
+from logatron_anyio import Consumer, Current, HttpServer, LogatronServer, _durable
 from logatron_anyio._durable import DurableStore
-from logatron_core import LogEntry
+from logatron_core import LogEntry, Session
 from logatron_sync import LogatronHandler
 from served import Served, served
 
@@ -74,7 +74,7 @@ def test_kill_9_right_after_a_pong_loses_nothing_confirmed(tmp_path: Path, backe
         assert record["connected"] is False  # retained from the restart on
         with connect(second.port, b"IAM bob\nLOG after\nPING\n") as again:
             expect(again, b"PONG\n")
-        assert log_of(second, "bob")[-1][0] == 1002  # seqs continue above the highest stored
+        assert log_of(second, "bob")[-1][0] > 1001  # seqs continue above any handed out
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -128,6 +128,53 @@ def test_a_tail_resumed_across_a_restart_gets_only_newer_entries(
             return seen
 
         assert anyio.run(resume, backend=backend) == ["three"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_crash_never_gives_a_seq_already_shown_to_another_line(
+    tmp_path: Path, backend: str
+) -> None:
+    """Lines a reader saw before a crash but never written: their seqs are not handed out
+    again, so a filtered tail (or ``?since=``) resumed from the last seq it saw gets every
+    newer line, with no gap notice; a clean stop then continues seqs right above the newest."""
+    with serving(tmp_path, backend, "--flush-interval", "60") as first:
+        peer = connect(first.port, b"IAM w\nLOG ok 1\nPING\n")
+        expect(peer, b"PONG\n")
+        peer.sendall(b"LOG ok 2 unconfirmed\nLOG skip 3 unconfirmed\n")  # no PING: not written
+        deadline = time.monotonic() + TIMEOUT
+        while len(log_of(first, "w")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cursor = first.get("/api/recent")["last_seq"]
+        assert cursor == 3
+        first.kill(signal.SIGKILL)
+        peer.close()
+    with serving(tmp_path, backend) as second:
+        with connect(second.port, b"IAM w\nLOG ok 4\nLOG skip 5\nLOG ok 6\nPING\n") as peer:
+            expect(peer, b"PONG\n")
+        after = [(seq, message) for seq, _, message, _ in log_of(second, "w")]
+        assert [message for _, message in after] == ["ok 1", "ok 4", "skip 5", "ok 6"]
+        assert all(seq > cursor for seq, _ in after[1:])
+        entries = second.get(f"/api/recent?since={cursor}")["entries"]
+        assert [e["message"] for e in entries] == ["ok 4", "skip 5", "ok 6"]
+
+        async def resume() -> list[object]:
+            consumer = Consumer(f"http://127.0.0.1:{second.http_port}")
+            seen: list[object] = []
+            with anyio.fail_after(TIMEOUT):
+                async with consumer.tail("w", since=cursor, exclude=["^skip"]) as events:
+                    async for event in events:
+                        if isinstance(event, Current):
+                            return seen
+                        seen.append(event.message if isinstance(event, LogEntry) else event)
+            return seen
+
+        assert anyio.run(resume, backend=backend) == ["ok 4", "ok 6"]
+        newest = second.get("/api/recent")["last_seq"]
+        second.kill(signal.SIGTERM)
+    with serving(tmp_path, backend) as third:
+        with connect(third.port, b"IAM w\nLOG ok 7\nPING\n") as peer:
+            expect(peer, b"PONG\n")
+        assert log_of(third, "w")[-1][0] == newest + 1  # a clean stop skips nothing
 
 
 def free_port() -> int:
@@ -266,5 +313,46 @@ async def test_a_full_disk_holds_pongs_and_recovers_by_itself(tmp_path: Path) ->
     again = DurableStore.open(tmp_path, {})
     try:
         assert again.registry.log("big")[0].message == "x" * 60_000
+    finally:
+        again.close()
+
+
+@pytest.mark.anyio
+async def test_seqs_reserved_on_disk_run_ahead_of_those_handed_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without any PING, a write is made once half the reserved seqs are used, so the seqs
+    on disk always cover those handed out (what a crash restarts above)."""
+    monkeypatch.setattr(_durable, "SEQ_RESERVE", 8)
+    durable = DurableStore.open(tmp_path, {}, flush_interval=60)
+    database = tmp_path / "logatron.sqlite3"
+
+    def reserved() -> int:
+        with sqlite3.connect(database) as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'reserved_seq'").fetchone()
+            return int(row[0])
+
+    def renewed_past(seq: int) -> Callable[[], bool]:
+        return lambda: reserved() - 4 >= seq
+
+    try:
+        assert reserved() == 8
+        async with anyio.create_task_group() as tg:
+            await tg.start(durable.run)
+            session = Session(durable.registry)
+            session.receive_data(b"IAM w\n", time.time())
+            for n in range(1, 41):
+                session.receive_data(b"LOG line\n", time.time())
+                assert reserved() >= n  # never behind what readers may have seen
+                if n > reserved() - 4:  # half used: a write is on its way
+                    await wait_for(renewed_past(n), "the reservation renewed")
+            tg.cancel_scope.cancel()
+    finally:
+        await durable.flush()
+        durable.close()
+    again = DurableStore.open(tmp_path, {})
+    try:
+        assert again.registry.last_seq == 40  # a clean close: no seq skipped
+        assert again.registry.snapshot(0).missed == 0
     finally:
         again.close()

@@ -8,6 +8,12 @@ batch written confirms the registry's held ``PONG``s; a batch that fails (a full
 for the next write, ``PONG``s stay held, the failure is logged, counted and shown by
 ``/healthz``, and the TCP server stops reading from its clients (back-pressure) until a write
 succeeds again, which it retries every ``flush_interval``.
+
+Seqs are seen before they are written (a tail, ``/api/recent``), so a crash could hand the
+unwritten ones out again to other lines, and a reader resuming from one would skip those.
+So the file also holds a reservation, ``SEQ_RESERVE`` seqs above the newest written: seqs
+continue above it after a crash (the seqs skipped count as no line missed), a write is made
+as soon as half of it is used, and a clean close records the exact high-water mark.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from logatron_core import Batch, Journal, MemoryStore, Registry, rebuild
+from logatron_core import Journal, MemoryStore, Registry, rebuild
 
 from ._sqlite import DataDirError, SqliteFile
 
@@ -33,6 +39,10 @@ logger = logging.getLogger("logatron.store")
 # Seconds between writes when no PING asks for one (issue 8's default). Lines confirmed by a
 # PONG are written before it; this bounds what a crash loses of the lines not yet confirmed.
 DEFAULT_FLUSH_INTERVAL = 1.0
+
+# Seqs that may be handed out above the newest written before they are (see the module
+# comment): a write is made once half of them are used.
+SEQ_RESERVE = 1 << 20
 
 
 @dataclass(slots=True)
@@ -69,6 +79,18 @@ class DurableStore:
         self._wanted: anyio.Event | None = None
         self._writable: anyio.Event | None = None
         self._limiter = anyio.CapacityLimiter(1)
+        self._reserved = registry.last_seq
+        journal.on_write_wanted = self.pong_held
+
+    def _reserve_above(self, last_seq: int) -> int:
+        """The reservation to write with seqs up to ``last_seq`` (renewed when half used)."""
+        if last_seq > self._reserved - SEQ_RESERVE // 2:
+            return last_seq + SEQ_RESERVE
+        return self._reserved
+
+    def _reserved_to(self, reserved: int) -> None:
+        self._reserved = reserved
+        self._journal.write_after_seq = reserved - SEQ_RESERVE // 2
 
     @classmethod
     def open(
@@ -92,12 +114,20 @@ class DurableStore:
             store = rebuild(
                 MemoryStore(), stored.clients, stored.runs, stored.last_seq, now or time.time()
             )
+            store.skip_seqs(stored.reserved_seq - store.last_seq)  # shown, maybe, never stored
             registry = Registry(store, **registry_options)  # type: ignore[arg-type]
             journal = Journal(registry, store)
+            durable = cls(registry, journal, file, flush_interval)
+            reserved = durable._reserve_above(store.last_seq)
+            file.reserve(reserved)
+            durable._reserved_to(reserved)
+        except (sqlite3.Error, OSError) as error:
+            file.close()
+            raise DataDirError(f"cannot write to data dir {directory}: {error}") from None
         except BaseException:
             file.close()
             raise
-        return cls(registry, journal, file, flush_interval)
+        return durable
 
     @property
     def directory(self) -> Path:
@@ -134,8 +164,15 @@ class DurableStore:
                 await anyio.sleep(self._flush_interval)
 
     def close(self) -> None:
-        """Close the database and release the directory (after the last ``flush()``)."""
-        self._file.close()
+        """Close the database and release the directory (after the last ``flush()``); when
+        everything is written, seqs continue right above the newest after a restart."""
+        try:
+            if not self._journal.dirty and not self.health.failing:
+                self._file.reserve(self.registry.last_seq)
+        except (sqlite3.Error, OSError):
+            pass  # the reservation stays: seqs skip it after the restart
+        finally:
+            self._file.close()
 
     async def flush(self) -> bool:
         """Write what changed since the last batch; True unless the write failed."""
@@ -143,8 +180,11 @@ class DurableStore:
         if batch is None:
             return True
         started = time.perf_counter()
+        reserved = self._reserve_above(batch.last_seq)
         try:
-            rows = await anyio.to_thread.run_sync(self._write, batch, limiter=self._limiter)
+            rows = await anyio.to_thread.run_sync(
+                self._file.write, batch, reserved, limiter=self._limiter
+            )
         except (sqlite3.Error, OSError) as error:
             self._journal.failed(batch)
             self._failed(error)
@@ -156,6 +196,7 @@ class DurableStore:
         health.flush_seconds += elapsed
         health.last_flush_seconds = elapsed
         self._journal.written(batch)
+        self._reserved_to(reserved)
         if health.failing:
             health.failing = False
             logger.warning(
@@ -167,9 +208,6 @@ class DurableStore:
                 self._writable.set()
                 self._writable = anyio.Event()
         return True
-
-    def _write(self, batch: Batch) -> int:
-        return self._file.write(batch)
 
     def _failed(self, error: BaseException) -> None:
         health = self.health

@@ -2,8 +2,10 @@
 
 Blocking calls, made from one worker thread at a time (see ``_durable.py``). The layout:
 
-- ``meta``: ``format`` (this module's ``FORMAT_VERSION``) and ``last_seq`` (the seq high-water
-  mark, so seqs never go back even when every run is deleted);
+- ``meta``: ``format`` (this module's ``FORMAT_VERSION``), ``last_seq`` (the seq high-water
+  mark as of the last batch, so seqs never go back even when every run is deleted) and
+  ``reserved_seq`` (the seqs the server may have handed out before writing them: after a
+  crash, seqs continue above it, so none shown to a reader is ever reused);
 - ``clients``: one row per client record (state as a JSON object);
 - ``runs``: one row per run of lines, keyed by its first seq, messages joined by ``"\\n"``
   (no message holds one: the protocol is line-based).
@@ -74,6 +76,7 @@ class Stored:
     clients: list[StoredClient]
     runs: list[StoredRun]
     last_seq: int
+    reserved_seq: int  # at least last_seq
 
 
 class SqliteFile:
@@ -175,15 +178,26 @@ class SqliteFile:
                     "SELECT * FROM runs ORDER BY first_seq"
                 )
             ]
-            return Stored(clients, runs, int(meta.get("last_seq", 0)))
+            last_seq = int(meta.get("last_seq", 0))
+            return Stored(clients, runs, last_seq, max(last_seq, int(meta.get("reserved_seq", 0))))
         except (sqlite3.DatabaseError, ValueError, TypeError) as error:
             raise DataDirError(
                 f"data dir {self.directory}: {DATABASE_NAME} is unreadable ({error}); move it "
                 "away to start empty"
             ) from None
 
-    def write(self, batch: Batch) -> int:
-        """Store ``batch`` in one transaction; returns the rows written.
+    def reserve(self, reserved_seq: int) -> None:
+        """Record that seqs up to ``reserved_seq`` may be handed out before they are written.
+        Raises sqlite3.Error or OSError."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('reserved_seq', ?)", (str(reserved_seq),)
+            )
+
+    def write(self, batch: Batch, reserved_seq: int | None = None) -> int:
+        """Store ``batch`` in one transaction (and ``reserved_seq``, see :meth:`reserve`);
+        returns the rows written.
 
         Raises sqlite3.Error (OperationalError "database or disk is full", ...) or OSError,
         leaving the file as it was before the batch.
@@ -232,6 +246,10 @@ class SqliteFile:
                 ],
             )
             db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (str(batch.last_seq),))
+            if reserved_seq is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('reserved_seq', ?)", (str(reserved_seq),)
+                )
             rows = len(batch.forgotten) + 2 * len(batch.clients) + len(batch.runs) + 1
             db.execute("COMMIT")
         except BaseException:

@@ -16,6 +16,7 @@ server stopped is retained from the restart on), seqs continue above the highest
 """
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._events import ClientClosed, ClientExpired, ClientReady, Logged, RegistryEvent, StateSet
@@ -53,6 +54,10 @@ class Journal:
         self._changed: dict[str, deque[Logged]] = {}  # name -> runs appended since the write
         self._forgotten: dict[str, None] = {}
         self._pending_lines: dict[str, int] = {}
+        # Called once a line's seq passes ``write_after_seq`` (the adapter's seqs reserved on
+        # disk run low: write soon).
+        self.write_after_seq: int | None = None
+        self.on_write_wanted: Callable[[], object] | None = None
         registry.subscribe(self._on_event)
         registry.hold_pongs()
 
@@ -71,6 +76,9 @@ class Journal:
             while runs and lines - len(runs[0].messages) >= limit:
                 lines -= len(runs.popleft().messages)
             self._pending_lines[event.name] = lines
+            after = self.write_after_seq
+            if after is not None and event.last_seq > after and self.on_write_wanted is not None:
+                self.on_write_wanted()
         elif isinstance(event, ClientReady | StateSet | ClientClosed):
             self._changed.setdefault(event.name, deque())
         elif isinstance(event, ClientExpired):

@@ -224,6 +224,8 @@ class MemoryStore:
         self._retained: dict[str, None] = {}  # disconnected names, oldest first
         self._connected = 0
         self._last_seq = 0
+        # Seqs given to no line (after, through): skipped at a restart (see skip_seqs).
+        self._skipped: list[tuple[int, int]] = []
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -372,7 +374,8 @@ class MemoryStore:
         # The seqs of one run are consecutive and given out at once: runs never interleave.
         runs.sort(key=lambda run: run.first_seq)
         buffered = sum(record.count_since(since) for record in records)
-        return Snapshot(runs, self._last_seq, max(0, self._last_seq - since - buffered))
+        skipped = sum(end - max(after, since) for after, end in self._skipped if end > since)
+        return Snapshot(runs, self._last_seq, max(0, self._last_seq - since - buffered - skipped))
 
     # -- persistence (see Journal and rebuild) ------------------------------------------------
 
@@ -433,6 +436,13 @@ class MemoryStore:
     def restore_last_seq(self, last_seq: int) -> None:
         """Seqs continue above ``last_seq``."""
         self._last_seq = max(self._last_seq, last_seq)
+
+    def skip_seqs(self, count: int) -> None:
+        """The next ``count`` seqs are given to no line (a durable store's seqs that may have
+        been shown before a crash, but never stored); they do not count as missed."""
+        if count > 0:
+            self._skipped.append((self._last_seq, self._last_seq + count))
+            self._last_seq += count
 
     def _get(self, name: str) -> _Record:
         try:
