@@ -438,14 +438,13 @@ class MemoryStore:
         self._last_seq = max(self._last_seq, last_seq)
 
     def skip_seqs(self, count: int) -> None:
-        """The next ``count`` seqs are given to no line (a durable store's seqs that may have
-        been shown before a crash, but never stored); they do not count as missed."""
+        """The next ``count`` seqs go to no line (shown before a crash, never stored): not missed."""
         if count > 0:
             self._skipped.append((self._last_seq, self._last_seq + count))
             self._last_seq += count
 
     def _get(self, name: str) -> _Record:
-        try:
-            return self._records[name]
-        except KeyError:
-            raise NoSuchClient(name) from None
+        record = self._records.get(name)
+        if record is None:
+            raise NoSuchClient(name)
+        return record
