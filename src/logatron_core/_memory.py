@@ -438,7 +438,7 @@ class MemoryStore:
         self._last_seq = max(self._last_seq, last_seq)
 
     def skip_seqs(self, count: int) -> None:
-        """The next ``count`` seqs go to no line (shown before a crash, never stored): not missed."""
+        """The next ``count`` seqs go to no line (shown before a crash, not stored): not missed."""
         if count > 0:
             self._skipped.append((self._last_seq, self._last_seq + count))
             self._last_seq += count
