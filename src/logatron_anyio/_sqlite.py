@@ -124,18 +124,22 @@ class SqliteFile:
                 )
             if max_pages is not None:
                 db.execute(f"PRAGMA max_page_count={int(max_pages)}")
+        except DataDirError:
+            db.close()
+            raise
         except sqlite3.DatabaseError as error:
             db.close()
-            raise DataDirError(
-                f"data dir {self.directory}: {path.name} is unreadable ({error}); move it "
-                "away to start empty"
-            ) from None
-        except (DataDirError, ValueError) as error:
+            raise self._unreadable(error) from None
+        except ValueError:
             db.close()
-            if isinstance(error, DataDirError):
-                raise
             raise DataDirError(f"data dir {self.directory}: bad format version") from None
         return db
+
+    def _unreadable(self, error: Exception) -> DataDirError:
+        return DataDirError(
+            f"data dir {self.directory}: {DATABASE_NAME} is unreadable ({error}); move it "
+            "away to start empty"
+        )
 
     def set_max_pages(self, max_pages: int) -> None:
         """Change the size cap (tests: a disk that fills up, then frees space)."""
@@ -181,10 +185,7 @@ class SqliteFile:
             last_seq = int(meta.get("last_seq", 0))
             return Stored(clients, runs, last_seq, max(last_seq, int(meta.get("reserved_seq", 0))))
         except (sqlite3.DatabaseError, ValueError, TypeError) as error:
-            raise DataDirError(
-                f"data dir {self.directory}: {DATABASE_NAME} is unreadable ({error}); move it "
-                "away to start empty"
-            ) from None
+            raise self._unreadable(error) from None
 
     def reserve(self, reserved_seq: int) -> None:
         """Record that seqs up to ``reserved_seq`` may be handed out before they are written.
