@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import socket
@@ -13,7 +12,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -23,6 +21,7 @@ from logatron_anyio._durable import DurableStore
 from logatron_core import LogEntry, Session
 from logatron_sync import LogatronHandler
 from served import Served, served
+from test_http import get, get_json, until
 
 TIMEOUT = 20
 BACKENDS = ["asyncio", "trio"]
@@ -251,34 +250,6 @@ def test_a_corrupt_data_dir_is_refused_not_started_empty(tmp_path: Path) -> None
     assert (tmp_path / "logatron.sqlite3").read_bytes() == b"this is not a database" * 100
 
 
-async def get_text(port: int, path: str) -> tuple[int, str]:
-    with anyio.fail_after(TIMEOUT):
-        async with await anyio.connect_tcp("127.0.0.1", port) as http:
-            await http.send(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            try:
-                while True:
-                    data += await http.receive()
-            except anyio.EndOfStream:
-                pass
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
-
-
-async def get_json(port: int, path: str) -> tuple[int, Any]:
-    status, body = await get_text(port, path)
-    return status, json.loads(body)
-
-
-async def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    """Poll ``predicate`` (bounded by TIMEOUT) until it is true."""
-    for _ in range(int(TIMEOUT / 0.01)):
-        if predicate():
-            return
-        await anyio.sleep(0.01)
-    raise AssertionError(f"not in time: {what}")
-
-
 @pytest.mark.anyio
 async def test_a_full_disk_holds_pongs_and_recovers_by_itself(tmp_path: Path) -> None:
     durable = DurableStore.open(tmp_path, {}, flush_interval=0.05, max_pages=8)
@@ -292,7 +263,7 @@ async def test_a_full_disk_holds_pongs_and_recovers_by_itself(tmp_path: Path) ->
             stream = await anyio.connect_tcp("127.0.0.1", server.port)
             async with stream:
                 await stream.send(b"IAM big\n" + b"LOG " + b"x" * 60_000 + b"\n" + b"PING 1\n")
-                await wait_for(lambda: durable.health.failing, "the write fails")
+                await until(lambda: durable.health.failing, within=TIMEOUT)
                 status, health = await get_json(http.port, "/healthz")
                 assert status == 503 and health["store"] == "failing" and "full" in health["error"]
                 with anyio.move_on_after(0.3):
@@ -303,7 +274,8 @@ async def test_a_full_disk_holds_pongs_and_recovers_by_itself(tmp_path: Path) ->
                     assert await stream.receive() == b"PONG 1\n"
             assert not durable.health.failing and durable.health.failed_flushes >= 1
             assert await get_json(http.port, "/healthz") == (200, {"status": "ok", "store": "ok"})
-            _, metrics = await get_text(http.port, "/metrics")
+            _, _, body = await get(http.port, "/metrics")
+            metrics = body.decode()
             assert "logatron_store_failed_flushes_total " in metrics
             assert "logatron_store_failing 0" in metrics
             tg.cancel_scope.cancel()
@@ -345,7 +317,7 @@ async def test_seqs_reserved_on_disk_run_ahead_of_those_handed_out(
                 session.receive_data(b"LOG line\n", time.time())
                 assert reserved() >= n  # never behind what readers may have seen
                 if n > reserved() - 4:  # half used: a write is on its way
-                    await wait_for(renewed_past(n), "the reservation renewed")
+                    await until(renewed_past(n), within=TIMEOUT)
             tg.cancel_scope.cancel()
     finally:
         await durable.flush()

@@ -89,12 +89,12 @@ async def tcp_client(servers: Servers, name: str) -> AsyncIterator[anyio.abc.Soc
         yield stream
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait until ``condition()`` holds, checking every 20 ms; fails after TIMEOUT."""
-    for _ in range(TIMEOUT * 50):
+async def until(condition: Callable[[], bool], within: float = TIMEOUT) -> None:
+    """Wait until ``condition()`` holds, checking every 10 ms; fails after ``within`` s."""
+    for _ in range(int(within * 100)):
         if condition():
             return
-        await anyio.sleep(0.02)
+        await anyio.sleep(0.01)
     raise AssertionError("the condition did not hold in time")
 
 

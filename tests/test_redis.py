@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from logatron_anyio.cli.common import only
 from logatron_core import LogEntry, RemoteRegistry
 from redis_server import RedisServer, free_port, module_redis
 from served import Served, served
+from test_http import get, until
 
 TIMEOUT = 10
 COMMAND = [sys.executable, "-m", "logatron_anyio"]
@@ -124,29 +125,10 @@ async def peer(port: int, hello: bytes) -> AsyncIterator[Peer]:
         yield Peer(stream)
 
 
-async def get(port: int, path: str) -> tuple[int, bytes]:
+async def get_body(port: int, path: str) -> tuple[int, bytes]:
     """GET ``path``: (status, body)."""
-    stream = await anyio.connect_tcp("127.0.0.1", port)
-    data = b""
-    async with stream:
-        await stream.send(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        with anyio.fail_after(TIMEOUT):
-            try:
-                while True:
-                    data += await stream.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
-                pass
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
-
-
-async def until(condition: Callable[[], bool], within: float = TIMEOUT) -> None:
-    """Wait until ``condition()`` holds, checking every 10 ms; fails after ``within`` s."""
-    for _ in range(int(within * 100)):
-        if condition():
-            return
-        await anyio.sleep(0.01)
-    raise AssertionError("the condition did not hold in time")
+    status, _, body = await get(port, path)
+    return status, body
 
 
 async def backlog(front: FrontEnd, since: int = 0) -> list[Any]:
@@ -203,11 +185,11 @@ async def test_two_front_ends_give_the_same_answers_and_share_the_limits(store_u
         await until(lambda: a.registry.names() == b.registry.names() == ["amy", "bob"])
         await until(lambda: a.registry.last_seq == b.registry.last_seq == 7)
         for path in ROUTES:
-            status_a, body_a = await get(a.http_port, path)
-            status_b, body_b = await get(b.http_port, path)
+            status_a, body_a = await get_body(a.http_port, path)
+            status_b, body_b = await get_body(b.http_port, path)
             assert (status_a, body_a) == (status_b, body_b), path
             assert status_a == (404 if "nobody" in path else 200), (path, body_a)
-        assert json.loads((await get(b.http_port, "/healthz"))[1]) == {
+        assert json.loads((await get_body(b.http_port, "/healthz"))[1]) == {
             "status": "ok",
             "store": "ok",
         }
@@ -326,7 +308,7 @@ async def test_a_graceful_redis_restart_with_ingest_running_loses_nothing_confir
             await until(lambda: len(confirmed) >= 500)
             await anyio.to_thread.run_sync(lambda: own_redis.stop(save=True))
             await until(lambda: a.store.health.failing)
-            status, body = await get(a.http_port, "/healthz")
+            status, body = await get_body(a.http_port, "/healthz")
             assert status == 503 and json.loads(body)["store"] == "unavailable"
             held = len(sent)
             await anyio.sleep(0.3)
