@@ -45,7 +45,7 @@ from wsproto.events import AcceptConnection
 from wsproto.events import Request as WebSocketRequest
 from wsproto.utilities import RemoteProtocolError as WebSocketProtocolError
 
-from logatron_core import Authorizer, LogSource
+from logatron_core import Authorizer, LogSource, NoSuchClient
 
 from ._accept import serve_listener
 from ._api import Api
@@ -405,8 +405,9 @@ class HttpServer:
                 return True
 
     async def _answer(self, method: str, request: h11.Request, peer: str) -> Reply | Upgrade:
-        """The answer to one request: its route's, an HttpError's, or a 500 (logged) for any
-        other exception."""
+        """The answer to one request: its route's, an HttpError's, 404 ``no-such-client`` when
+        a route asks the store for a client it does not know, or a 500 (logged) for any other
+        exception."""
         target = urlsplit(request.target.decode("ascii", "replace"))
         query = Query(target.query)
         headers = {name.decode("latin-1"): value for name, value in request.headers}
@@ -423,6 +424,9 @@ class HttpServer:
             return await route.handler(ApiRequest(method, path, query, headers, params))
         except HttpError as error:
             return error.reply
+        except NoSuchClient as unknown:
+            message = f"no such client: {unknown.name}"
+            return HttpError(404, "no-such-client", message).reply
         except Exception:
             logger.exception(
                 "HTTP request failed: %s %s",
