@@ -116,7 +116,9 @@ class Api:
 
     async def recent(self, request: ApiRequest) -> Reply:
         clients = _clients(request)
-        exact = None if clients is None or clients.exact is None else self._valid_name(clients.exact)
+        exact = None
+        if clients is not None and clients.exact is not None:
+            exact = self._valid_name(clients.exact)
         if exact is not None:
             clients = None  # read that client's records alone
         return await self._entries(request, exact, clients, _lines(request), named=False)
