@@ -18,6 +18,7 @@ memory store) a ``PONG`` is answered at once.
 """
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ._errors import ErrorCode, NoSuchClient
@@ -253,22 +254,14 @@ class Registry:
 
     @property
     def stats(self) -> RegistryStats:
-        stats = self._stats
+        """A copy of the counters, with the store's counts and the subscribers as of now."""
         connected, retained = self.store.counts()
-        return RegistryStats(
-            stats.connections_total,
-            stats.connections_open,
-            connected,
-            retained,
-            len(self._subscribers),
-            stats.lines_received,
-            stats.bytes_received,
-            stats.lines_evicted,
-            stats.lines_truncated,
-            stats.clients_expired,
-            stats.replies_dropped,
-            stats.subscriber_errors,
-            dict(stats.errors),
+        return replace(
+            self._stats,
+            connected=connected,
+            retained=retained,
+            subscribers=len(self._subscribers),
+            errors=dict(self._stats.errors),
         )
 
     @property
