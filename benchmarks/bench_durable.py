@@ -156,13 +156,11 @@ def main() -> None:
     summary: dict[str, Any] = {}
     for name, measure in measures.items():
         runs: dict[str, list[dict[str, Any]]] = {"memory": [], "data_dir": []}
-        for repeat in range(1, repeats + 1):
-            order = ["memory", "data_dir"] if repeat % 2 else ["data_dir", "memory"]
-            for kind in order:
-                result = with_server(kind == "data_dir", measure)
-                runs[kind].append(result)
-                extra = f", p99 {result['p99'] * 1000:.1f} ms" if "p99" in result else ""
-                harness.log(f"{name} {kind} {repeat}/{repeats}: {result['rate']:,.0f}/s{extra}")
+        for repeat, kind in harness.alternating(list(runs), repeats):
+            result = with_server(kind == "data_dir", measure)
+            runs[kind].append(result)
+            extra = f", p99 {result['p99'] * 1000:.1f} ms" if "p99" in result else ""
+            harness.log(f"{name} {kind} {repeat}/{repeats}: {result['rate']:,.0f}/s{extra}")
         for kind, results in runs.items():
             summary[f"{name}_{kind}_per_s"] = round(statistics.median(r["rate"] for r in results))
             if "p99" in results[0]:

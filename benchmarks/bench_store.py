@@ -172,13 +172,11 @@ def main() -> None:
             "xadd": lambda: xadd(redis, entries),
         }
         runs: dict[str, list[float]] = {name: [] for name in measures}
-        for repeat in range(1, repeats + 1):
-            order = list(measures) if repeat % 2 else list(reversed(measures))
-            for name in order:
-                rate = measures[name]()
-                runs[name].append(rate)
-                unit = "entries/s" if name == "xadd" else "lines/s"
-                harness.log(f"{name} {repeat}/{repeats}: {rate:,.0f} {unit}")
+        for repeat, name in harness.alternating(list(measures), repeats):
+            rate = measures[name]()
+            runs[name].append(rate)
+            unit = "entries/s" if name == "xadd" else "lines/s"
+            harness.log(f"{name} {repeat}/{repeats}: {rate:,.0f} {unit}")
         seconds = QUICK_LATENCY_SECONDS if args.quick else LATENCY_SECONDS
         across = latency(redis, seconds)
         harness.log(f"A to B at {LATENCY_RATE:,} lines/s: p50 {across['send_p50_ms']} ms, "

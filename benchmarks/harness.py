@@ -505,6 +505,14 @@ def _flood(ports: list[int], lines: int | None, seconds: float | None, tls_ca: s
 # -- repeats and results -------------------------------------------------------------------------
 
 
+def alternating(items: Sequence[_T], repeats: int) -> Iterator[tuple[int, _T]]:
+    """(repeat, item) for every item ``repeats`` times, the items' order reversed every other
+    repeat, so that a machine's drift weighs on each alike."""
+    for repeat in range(1, repeats + 1):
+        for item in items if repeat % 2 else list(reversed(items)):
+            yield repeat, item
+
+
 def interleave(
     measured: Sequence[Tree],
     repeats: int,
@@ -516,12 +524,10 @@ def interleave(
     repeat; each tree's results (by label) in repeat order. Logs a line per result:
     ``[tree] <what> <repeat>/<repeats>: <describe(result)>``."""
     results: dict[str, list[_T]] = {tree.label: [] for tree in measured}
-    for repeat in range(1, repeats + 1):
-        order = measured if repeat % 2 else list(reversed(measured))
-        for tree in order:
-            result = measure(tree)
-            log(f"{tree.tag}{what} {repeat}/{repeats}: {describe(result)}")
-            results[tree.label].append(result)
+    for repeat, tree in alternating(measured, repeats):
+        result = measure(tree)
+        log(f"{tree.tag}{what} {repeat}/{repeats}: {describe(result)}")
+        results[tree.label].append(result)
     return results
 
 
