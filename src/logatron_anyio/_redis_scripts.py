@@ -142,7 +142,7 @@ local function append(conn, name, stamp, truncated, count, messages, form, buffe
       head_first, head_count = tonumber(head_first), tonumber(head_count)
       if head_count - skip <= over then
         redis.call('LPOP', runs)
-        redis.call('LPOP', ring)
+        redis.call('LTRIM', ring, 1, -1)  -- not LPOP: that would copy the run into Lua
         over = over - (head_count - skip)
         skip = 0
         through = head_first + head_count - 1
