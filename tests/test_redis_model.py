@@ -15,14 +15,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from logatron_anyio._redis_client import Client, Scripts, open_client
-from logatron_anyio._redis_codec import (
-    Batch,
-    Encoder,
-    apply_change,
-    limits_args,
-    load_snapshot,
-    refusals,
-)
+from logatron_anyio._redis_codec import Batch, Encoder, limits_args, load_snapshot, refusals
+from logatron_anyio._redis_mirror import Mirror
+from logatron_anyio._redis_scripts import CHANGES_MAXLEN
 from logatron_core import ErrorCode, RemoteRegistry, Session, StoreReader
 from redis_server import RedisServer, module_redis
 from test_remote import MAX_KEYS, FrontEnd, SharedStore
@@ -49,7 +44,8 @@ redis = pytest.fixture(scope="module")(module_redis)
 
 class RedisFront:
     """A front end over the Lua scripts, without the driver's tasks: ``sync`` sends one
-    batch, ``mirror`` applies the changes not applied yet (as the replicator does)."""
+    batch, ``mirror`` applies the changes not applied yet (with the replicator's own steps:
+    its runs from the batches it sent, the other front end's from Redis)."""
 
     def __init__(
         self, client: Client[bytes], scripts: Scripts, frontend: str, max_clients: int
@@ -59,7 +55,8 @@ class RedisFront:
         self.client = client
         self.scripts = scripts
         self.encoder = Encoder(frontend)
-        self.last_id = b"0-0"
+        self.replicator = Mirror(self.registry, frontend, "redis://model", lambda: 0.0,
+                                 _raise, lambda: None)  # fmt: skip
         self.batches = 0
 
     async def hello(self) -> None:
@@ -74,19 +71,27 @@ class RedisFront:
         assert not self.encoder.encode(batch, commands, 2**30)
         limits = limits_args(self.registry)
         args = [self.encoder.frontend, str(batch.number), "60000", *limits, *batch.args]
+        self.replicator.sent(batch)
         result = await self.scripts.batch(args)
         refused = refusals(result)
         self.encoder.accepted(batch, set(refused))
         for index, (code, detail) in refused.items():
             self.registry.refused(batch.commands[index][0], ErrorCode(code), detail, 0.0)
         self.registry.committed(mark)
+        self.replicator.expect(int(result[1]), batch)
 
-    async def mirror(self) -> None:
-        reply = await self.client.xread({b"logatron:changes": self.last_id}, count=1000)
-        for entry in (reply or {}).get(b"logatron:changes", ()):
-            apply_change(self.registry, entry.field_values)
-            identifier = entry.identifier
-            self.last_id = identifier if isinstance(identifier, bytes) else identifier.encode()
+    async def mirror(self) -> int:
+        """Apply every change not applied yet; returns how many times it had to reload."""
+        reloads = 0
+        while await self.replicator.step(self.client, block_ms=None):
+            if self.replicator.must_reload:
+                reloads += 1
+                await self.replicator.reload(self.scripts)
+        return reloads
+
+
+def _raise(error: BaseException) -> None:
+    raise error
 
 
 def view(store: StoreReader) -> Any:
@@ -124,7 +129,7 @@ async def play(url: str, script: list[Step], max_clients: int) -> None:
                 await real[index].sync()
             else:
                 model[index].mirror()
-                await real[index].mirror()
+                assert await real[index].mirror() == 0
             for index_, by_slot in enumerate(sessions):
                 for slot, (model_session, redis_session) in by_slot.items():
                     got = (model_session.data_to_send(), redis_session.data_to_send())
@@ -134,7 +139,7 @@ async def play(url: str, script: list[Step], max_clients: int) -> None:
             model[index].sync()
             await real[index].sync()
             model[index].mirror()
-            await real[index].mirror()
+            assert await real[index].mirror() == 0
             assert view(real[index].registry) == view(model[index].registry)
         # And what a front end starting now would load: the rings and records in Redis.
         loaded, _, _ = load_snapshot(await scripts.snapshot(), 9.0)
@@ -152,3 +157,54 @@ def test_the_scripts_decide_as_the_model_does(
     redis: RedisServer, script: list[Step], max_clients: int
 ) -> None:
     anyio.run(play, redis.url(), script, max_clients)
+
+
+async def two_fronts(client: Client[bytes]) -> tuple[RedisFront, RedisFront]:
+    await client.flushdb()
+    scripts = Scripts(client)
+    fronts = RedisFront(client, scripts, "fa", 3), RedisFront(client, scripts, "fb", 3)
+    for front in fronts:
+        await front.hello()
+    return fronts
+
+
+async def fall_behind(url: str) -> None:
+    async with open_client(url) as client:
+        a, b = await two_fronts(client)
+        session = Session(a.registry)
+        session.receive_data(b"IAM x\n", 1.0)
+        for number in range(CHANGES_MAXLEN + 300):  # one change each
+            session.receive_data(b"LOG %d\n" % number, 2.0)
+        await a.sync()
+        assert await b.mirror() == 1  # the first changes are gone: it loads everything anew
+        assert [e.message for e in b.registry.log("x")] == [str(CHANGES_MAXLEN + 300 - n)
+                                                           for n in (3, 2, 1)]  # fmt: skip
+        assert b.registry.last_seq == CHANGES_MAXLEN + 300
+        session.receive_data(b"LOG after\n", 3.0)
+        await a.sync()
+        assert await b.mirror() == 0
+        assert b.registry.log("x")[-1].message == "after"
+
+
+def test_a_mirror_further_behind_than_the_change_stream_holds_loads_anew(
+    redis: RedisServer,
+) -> None:
+    anyio.run(fall_behind, redis.url())
+
+
+async def lose_bodies(url: str) -> None:
+    async with open_client(url) as client:
+        a, b = await two_fronts(client)
+        session = Session(a.registry)
+        session.receive_data(b"IAM x\nLOG one\n", 1.0)
+        await a.sync()
+        await client.delete([b"logatron:bodies:fa"])  # as if trimmed, or expired
+        assert await b.mirror() == 1
+        assert [e.message for e in b.registry.log("x")] == ["one"]
+        # fa has its own run: it never reads its bodies back.
+        assert await a.mirror() == 0
+        assert [e.message for e in a.registry.log("x")] == ["one"]
+
+
+def test_a_run_whose_body_is_gone_makes_the_mirror_load_anew(redis: RedisServer) -> None:
+    anyio.run(lose_bodies, redis.url())

@@ -120,7 +120,9 @@ class RedisStore:
         self.frontend = secrets.token_hex(6)
         self.health = StoreHealth(failed_state="unavailable")
         self._encoder = Encoder(self.frontend)
-        self.mirror = Mirror(registry, self.shown_url, clock, self._failed, self._unblock)
+        self.mirror = Mirror(
+            registry, self.frontend, self.shown_url, clock, self._failed, self._unblock
+        )
         self._limits = limits_args(registry)
         self._pending: deque[Batch] = deque()  # taken, not yet acknowledged, oldest first
         self._buffered = 0  # bytes in _pending
@@ -293,6 +295,7 @@ class RedisStore:
                 batch = pending[len(in_flight)]
                 batch.sent = True  # never changed from now on: Redis may apply it already
                 batch.sent_at = time.perf_counter()
+                self.mirror.sent(batch)
                 args = [self.frontend, str(batch.number), self._lease_ms, *self._limits]
                 in_flight.append(await pipe.send([*args, *batch.args]))
             try:
@@ -322,7 +325,7 @@ class RedisStore:
         for index, (code, detail) in refused.items():
             self.registry.refused(batch.commands[index][0], ErrorCode(code), detail, now)
         self._buffered -= batch.size
-        self.mirror.expect(int(result[1]), batch.mark)
+        self.mirror.expect(int(result[1]), batch)
         health = self.health
         elapsed = time.perf_counter() - batch.sent_at
         health.flushes += 1

@@ -36,6 +36,7 @@ __all__ = [
     "parse_store_url",
     "redact",
     "refusals",
+    "run_place",
 ]
 
 # How long a front end's names outlive it when it dies without a word (issue 9's default).
@@ -103,12 +104,14 @@ def limits_args(registry: RemoteRegistry) -> list[str]:
 @dataclass(slots=True)
 class Batch:
     """One call of the BATCH script: its commands (to tell refusals to their sessions), the
-    mark to confirm once Redis has them, its arguments and its size in bytes (for the bound
-    on what a front end buffers)."""
+    mark to confirm once Redis has them, its arguments, its size in bytes (for the bound on
+    what a front end buffers) and its runs' messages by command index (the mirror takes them
+    from here rather than read them back from Redis)."""
 
     number: int
     mark: int
     commands: list[Any] = field(default_factory=list)
+    runs: dict[int, Sequence[str]] = field(default_factory=dict)
     args: list[str | bytes] = field(default_factory=list)
     size: int = 0
     sent: bool = False  # once sent, never changed (a batch whose reply was lost is sent again)
@@ -150,6 +153,7 @@ class Encoder:
                 count = str(len(messages))
                 args += ("A", connection, command.name, stamp, flag, count, data, str(form))
                 batch.size += len(data) + 64
+                batch.runs[len(batch.commands)] = messages
             elif kind is SetKey:
                 args += ("S", connection, command.name, stamp, command.key, command.value)
                 batch.size += len(command.key) + len(command.value) + 64
@@ -199,16 +203,33 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def apply_change(registry: RemoteRegistry, fields: Mapping[Any, Any]) -> None:
-    """Apply one entry of the change stream to ``registry``'s mirror (emitting its event; a
-    run's messages are kept as the bytes they came in, parsed when first read). Raises
+def run_place(fields: Mapping[Any, Any]) -> tuple[bytes, int, int]:
+    """Where a ``logged`` change's run came from: (front end, batch number, command index).
+    Raises KeyError/ValueError for an entry that does not say."""
+    batch, _, index = fields[b"q"].partition(b".")
+    return fields[b"o"], int(batch), int(index)
+
+
+def apply_change(
+    registry: RemoteRegistry,
+    fields: Mapping[Any, Any],
+    messages: Sequence[str] | bytes | None = None,
+) -> None:
+    """Apply one entry of the change stream to ``registry``'s mirror (emitting its event).
+    A ``logged`` change needs its run's ``messages``: the bytes of its body in Redis (kept as
+    they are, parsed when first read), or the messages the front end sent. Raises
     KeyError/ValueError/IndexError for an entry it cannot read, NoSuchClient/NameTaken when
     the mirror does not match the stream: the caller reloads the mirror."""
     kind = fields[b"k"]
     name = fields[b"n"].decode()
     stamp = float(fields[b"t"])
     if kind == b"l":
-        messages = decode_run(int(fields[b"f"]), fields[b"m"], int(fields[b"c"]))
+        if messages is None:
+            raise KeyError(f"the messages of the run at {fields[b's'].decode()}")
+        if isinstance(messages, bytes):
+            messages = decode_run(int(fields[b"f"]), messages, int(fields[b"c"]))
+        elif len(messages) != int(fields[b"c"]):
+            raise ValueError(f"{len(messages)} messages, not {fields[b'c'].decode()}")
         registry.apply_logged(name, int(fields[b"s"]), stamp, messages, fields[b"x"] == b"1")
     elif kind == b"s":
         key, value = fields[b"a"].decode(), fields[b"v"].decode(errors="replace")

@@ -2,10 +2,14 @@
 
 It reads ``logatron:changes`` with ``XREAD BLOCK`` from the last id it applied and applies each
 change to the registry's mirror (``RemoteRegistry.apply_*``, which emit the events tails
-follow); a run's messages stay the bytes they came in (``logatron_core.decode_run``), parsed
-only if something reads them. Every change carries its number: one that does not follow the
-last applied (the front end fell more than ``CHANGES_MAXLEN`` behind, or Redis restarted and
-lost changes) makes it load the whole mirror anew from one atomic snapshot, as at start. An
+follow). A change says where its run came from: the runs this front end sent are taken from
+the batches it keeps until they are mirrored (:meth:`Mirror.sent`), the others' are read from
+their front end's bodies in Redis (one ``XRANGE`` per front end and read) and stay the bytes
+they came in (``logatron_core.decode_run``), parsed only if something reads them.
+
+Every change carries its number: one that does not follow the last applied (the front end
+fell more than ``CHANGES_MAXLEN`` behind, or Redis restarted and lost changes), or a run whose
+body is gone, makes it load the whole mirror anew from one atomic snapshot, as at start. An
 idle replicator checks once per ``READ_BLOCK_MS`` that Redis did not go back.
 
 It also answers the ``PONG``s: the driver tells it the change number Redis had reached when
@@ -18,20 +22,22 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import anyio
 
 from logatron_core import LogatronError, RemoteRegistry
 
 from ._redis_client import FAILURES, Client, Scripts, StreamEntry
-from ._redis_codec import apply_change, load_snapshot
+from ._redis_codec import Batch, apply_change, load_snapshot, run_place
 
 __all__ = ["READ_BLOCK_MS", "Mirror"]
 
 logger = logging.getLogger("logatron.store")
 
 CHANGES = b"logatron:changes"
+BODIES = b"logatron:bodies:"
 # XREAD BLOCK timeout; an idle replicator checks at this pace that Redis lost no changes.
 READ_BLOCK_MS = 1000
 READ_COUNT = 200
@@ -39,7 +45,8 @@ RETRY_SECONDS = 0.5
 
 
 class Mirror:
-    """The registry's mirror of the store at ``shown_url``, and the PONGs waiting for it.
+    """The registry's mirror of the store at ``shown_url`` for the front end ``frontend``, and
+    the PONGs waiting for it.
 
     ``on_failure(error)`` is told of each failed read, ``on_progress()`` of each step forward
     (the back-pressure may end).
@@ -48,19 +55,22 @@ class Mirror:
     def __init__(
         self,
         registry: RemoteRegistry,
+        frontend: str,
         shown_url: str,
         clock: Callable[[], float],
         on_failure: Callable[[BaseException], None],
         on_progress: Callable[[], None],
     ) -> None:
         self.registry = registry
+        self.frontend = frontend.encode()
         self.shown_url = shown_url
         self.clock = clock
         self.applied = 0  # the number of the last change applied
         self.acked = 0  # the change number of the last batch Redis acknowledged
         self.last_id = b"0-0"  # the stream id of the last change applied
         self.must_reload = False
-        self._expected: deque[tuple[int, int]] = deque()  # (change number, mark)
+        self._expected: deque[tuple[int, int, int]] = deque()  # (change number, mark, batch)
+        self._sent: dict[int, dict[int, Sequence[str]]] = {}  # batch -> its runs, by index
         self._on_failure = on_failure
         self._on_progress = on_progress
 
@@ -69,17 +79,26 @@ class Mirror:
         """Changes Redis acknowledged to this front end that the mirror has not applied."""
         return self.acked - self.applied
 
-    def expect(self, changeno: int, mark: int) -> None:
-        """Redis acknowledged the batch ending at ``mark`` when at change ``changeno``."""
+    def sent(self, batch: Batch) -> None:
+        """``batch`` is on its way to Redis: its runs are mirrored from it, not read back."""
+        if batch.runs:
+            self._sent[batch.number] = batch.runs
+
+    def expect(self, changeno: int, batch: Batch) -> None:
+        """Redis acknowledged ``batch`` when at change ``changeno``."""
         self.acked = max(self.acked, changeno)
-        self._expected.append((changeno, mark))
+        self._expected.append((changeno, batch.mark, batch.number))
         self._confirm()
 
     def _confirm(self) -> None:
         expected = self._expected
         while expected and expected[0][0] <= self.applied:
-            self.registry.committed(expected.popleft()[1])
+            self._committed(*expected.popleft())
         self._on_progress()
+
+    def _committed(self, _changeno: int, mark: int, number: int) -> None:
+        self._sent.pop(number, None)  # every change of the batch is in the mirror now
+        self.registry.committed(mark)
 
     async def reload(self, scripts: Scripts) -> None:
         """Load the mirror anew from one snapshot; every PONG held is answered."""
@@ -91,7 +110,7 @@ class Mirror:
         self.acked = self.applied
         self.must_reload = False
         while self._expected:
-            self.registry.committed(self._expected.popleft()[1])
+            self._committed(*self._expected.popleft())
         self._on_progress()
 
     async def run(self, client: Client[bytes], scripts: Scripts) -> None:
@@ -105,37 +124,72 @@ class Mirror:
                     self._reloading("it went back: it restarted without its last changes")
                     await self.reload(scripts)
                 check = False
-                reply = await client.xread(
-                    {CHANGES: self.last_id}, count=READ_COUNT, block=READ_BLOCK_MS
-                )
+                if not await self.step(client):
+                    check = True  # idle: make sure Redis did not go back meanwhile
             except FAILURES as error:
                 self._on_failure(error)
                 await anyio.sleep(RETRY_SECONDS)
                 check = True
-                continue
-            if reply:
-                self._apply(reply[CHANGES])
-            else:
-                check = True  # idle: make sure Redis did not go back meanwhile
 
-    def _apply(self, entries: tuple[StreamEntry, ...]) -> None:
+    async def step(self, client: Client[bytes], block_ms: int | None = READ_BLOCK_MS) -> bool:
+        """Read the next changes (waiting up to ``block_ms`` for one; None: not at all) and
+        apply them; False when there was none. Raises what Redis's failures raise."""
+        reply = await client.xread({CHANGES: self.last_id}, count=READ_COUNT, block=block_ms)
+        if not reply:
+            return False
+        entries = reply[CHANGES]
+        self._apply(entries, await self._bodies(client, entries))
+        return True
+
+    async def _bodies(
+        self, client: Client[bytes], entries: tuple[StreamEntry, ...]
+    ) -> dict[tuple[bytes, bytes], bytes]:
+        """The bodies of the runs among ``entries`` that this front end does not hold (other
+        front ends sent them): (front end, body id) -> bytes. An entry that does not say
+        where its run is gets nothing (applying it fails, and the mirror is reloaded)."""
+        wanted: dict[bytes, list[bytes]] = {}
+        for entry in entries:
+            fields: Mapping[Any, Any] = entry.field_values
+            if fields.get(b"k") == b"l" and self._own_run(fields) is None and b"b" in fields:
+                wanted.setdefault(fields.get(b"o", b""), []).append(fields[b"b"])
+        found: dict[tuple[bytes, bytes], bytes] = {}
+        for origin, ids in wanted.items():  # a front end's bodies are in the order of its runs
+            for body in await client.xrange(BODIES + origin, ids[0], ids[-1]):
+                values: Mapping[Any, Any] = body.field_values
+                found[(origin, _identifier(body))] = values[b"m"]
+        return found
+
+    def _own_run(self, fields: Mapping[Any, Any]) -> Sequence[str] | None:
+        try:
+            origin, batch, index = run_place(fields)
+        except (KeyError, ValueError):
+            return None
+        return self._sent.get(batch, {}).get(index) if origin == self.frontend else None
+
+    def _apply(
+        self, entries: tuple[StreamEntry, ...], bodies: dict[tuple[bytes, bytes], bytes]
+    ) -> None:
         registry = self.registry
         for entry in entries:
-            fields = entry.field_values
+            fields: Mapping[Any, Any] = entry.field_values
             number = int(fields[b"i"])
             if number != self.applied + 1:
                 self._reloading(f"change {number} follows change {self.applied}")
                 self.must_reload = True
                 break
             try:
-                apply_change(registry, fields)
+                messages: Sequence[str] | bytes | None = None
+                if fields[b"k"] == b"l":
+                    messages = self._own_run(fields)
+                    if messages is None:
+                        messages = bodies.get((fields.get(b"o", b""), fields.get(b"b", b"")))
+                apply_change(registry, fields, messages)
             except (LogatronError, KeyError, ValueError, IndexError) as error:
                 self._reloading(f"change {number} does not apply ({error!r})")
                 self.must_reload = True
                 break
             self.applied = number
-            identifier = entry.identifier
-            self.last_id = identifier if isinstance(identifier, bytes) else identifier.encode()
+            self.last_id = _identifier(entry)
         self._confirm()
 
     def _reloading(self, why: str) -> None:
@@ -145,3 +199,8 @@ class Mirror:
             why,
             extra={"event": "store-reload", "store": self.shown_url, "reason": why},
         )
+
+
+def _identifier(entry: StreamEntry) -> bytes:
+    identifier = entry.identifier
+    return identifier if isinstance(identifier, bytes) else identifier.encode()

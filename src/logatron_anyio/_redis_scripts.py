@@ -12,9 +12,13 @@ Keys (all under ``logatron:``):
   ``changes`` carries its number ``i``, so a front end sees at once when it missed some);
 - ``changes`` the stream of changes: ``k`` the kind (``r`` ready, ``l`` logged, ``s`` set,
   ``c`` closed, ``e`` expired), ``n`` the client, ``t`` the timestamp, and for ``l`` the first
-  seq ``s``, the count ``c``, the truncated flag ``x``, the messages ``m`` as the bytes they
-  arrived in and the form ``f`` that reads them (``logatron_core.encode_run``: nothing is
-  parsed on the way); for ``s`` the key ``a`` and the value ``v``;
+  seq ``s``, the count ``c``, the truncated flag ``x``, the form ``f`` that reads the messages
+  (``logatron_core.encode_run``: nothing is parsed on the way), the front end ``o`` that sent
+  the run, the run's place in that front end's batches ``q`` (``<batch>.<index>``) and the id
+  ``b`` of its messages in ``bodies:<o>``; for ``s`` the key ``a`` and the value ``v``;
+- ``bodies:<front end>`` the messages ``m`` of each run a front end sent, as the bytes they
+  arrived in. They are kept apart from ``changes`` so that a front end, which has its own runs
+  already, reads back only the others' (reading 64 KiB runs back was a third of its CPU);
 - ``claims`` name -> the connection holding it (``<front end id>:<n>``); ``held:<front end>``
   the names a front end holds; ``frontends`` the front ends registered; ``frontend:<id>`` a
   front end's lease (a key with a TTL, refreshed by every batch); ``batch:<id>`` the number
@@ -32,13 +36,16 @@ Timestamps travel as the strings the front ends wrote (a Lua number would round 
 
 __all__ = ["BATCH", "BATCH_WINDOW", "CHANGES_MAXLEN", "HELLO", "JANITOR", "SNAPSHOT"]
 
-# Entries kept in the change stream (approximately: XADD MAXLEN ~). A front end that falls
-# further behind reloads the whole state. An entry is one run of lines (at most one receive,
-# 64 KiB, of one connection), so this bounds the stream below ~650 MB in the worst case and to
-# a few MB at ordinary rates; at the issue's 10,000 lines/s in runs of one line it still holds
-# a whole second of changes, many times what a front end lags behind.
+# Entries kept in the change stream, and in each front end's bodies (approximately: XADD
+# MAXLEN ~). A front end that falls further behind reloads the whole state. A body is one run
+# of lines (at most one receive, 64 KiB, of one connection), so this bounds a front end's
+# bodies below ~650 MB in the worst case and to a few MB at ordinary rates; at the issue's
+# 10,000 lines/s in runs of one line it still holds a whole second of changes, many times what
+# a front end lags behind.
 CHANGES_MAXLEN = 10_000
 
+# How long the bodies of a front end that is gone are kept for the mirrors still reading them.
+_BODIES_KEEP_SECONDS = 600
 # How long a batch's record is kept for a front end that stopped sending (seconds).
 _BATCH_RECORD_SECONDS = 86_400
 # Results kept per front end: at least as many as it has batches in flight.
@@ -88,6 +95,7 @@ local function release_frontend(frontend, stamp)
   end
   redis.call('DEL', P .. 'held:' .. frontend)
   redis.call('SREM', P .. 'frontends', frontend)
+  redis.call('EXPIRE', P .. 'bodies:' .. frontend, @BODIES_KEEP@)
 end
 
 local function not_held(name)
@@ -124,7 +132,8 @@ local function claim(frontend, conn, name, stamp, limits)
   return nil
 end
 
-local function append(conn, name, stamp, truncated, count, messages, form, buffer_size)
+local function append(frontend, place, conn, name, stamp, truncated, count, messages, form,
+                      buffer_size)
   if redis.call('HGET', CLAIMS, name) ~= conn then return not_held(name) end
   local first = redis.call('INCRBY', P .. 'seq', count) - count + 1
   local key, runs, ring = P .. 'client:' .. name, P .. 'runs:' .. name, P .. 'ring:' .. name
@@ -155,8 +164,10 @@ local function append(conn, name, stamp, truncated, count, messages, form, buffe
     redis.call('HSET', key, 'b', buffer_size, 'k', skip,
                'et', string.format('%d', through))
   end
+  local body = redis.call('XADD', P .. 'bodies:' .. frontend, 'MAXLEN', '~', '@MAXLEN@', '*',
+                         'm', messages)
   change('l', name, stamp, 's', string.format('%d', first), 'c', string.format('%d', count),
-         'x', truncated, 'f', form, 'm', messages)
+         'x', truncated, 'f', form, 'o', frontend, 'q', place, 'b', body)
   return nil
 end
 
@@ -183,6 +194,7 @@ local function limits_from(first)
   }
 end
 """.replace("@MAXLEN@", str(CHANGES_MAXLEN))
+_PRELUDE = _PRELUDE.replace("@BODIES_KEEP@", str(_BODIES_KEEP_SECONDS))
 
 # ARGV: front end id, batch number, lease in ms, the five limits (buffer size, max clients,
 # max state keys, retention seconds, max retained), then the commands: ``C conn name stamp``,
@@ -210,8 +222,8 @@ while i <= #ARGV do
   local kind, conn, name, stamp = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local refusal = nil
   if kind == 'A' then
-    refusal = append(conn, name, stamp, ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6],
-                     ARGV[i + 7], limits.buffer_size)
+    refusal = append(frontend, ARGV[2] .. '.' .. index, conn, name, stamp, ARGV[i + 4],
+                     tonumber(ARGV[i + 5]), ARGV[i + 6], ARGV[i + 7], limits.buffer_size)
     i = i + 8
   elseif kind == 'S' then
     refusal = set_key(conn, name, stamp, ARGV[i + 4], ARGV[i + 5], limits)
@@ -269,6 +281,7 @@ end
 for n = 1, 5 do redis.call('HSET', P .. 'config', fields[n], ARGV[n + 2]) end
 redis.call('SET', P .. 'frontend:' .. frontend, '1', 'PX', ARGV[2])
 redis.call('SADD', P .. 'frontends', frontend)
+redis.call('PERSIST', P .. 'bodies:' .. frontend)  -- kept while it lives, even if it lapsed
 if tonumber(redis.call('GET', P .. 'seq') or '0') < tonumber(ARGV[8]) then
   redis.call('SET', P .. 'seq', ARGV[8])  -- seqs are never given twice, even by a new Redis
 end
