@@ -208,3 +208,29 @@ async def lose_bodies(url: str) -> None:
 
 def test_a_run_whose_body_is_gone_makes_the_mirror_load_anew(redis: RedisServer) -> None:
     anyio.run(lose_bodies, redis.url())
+
+
+async def join_late(url: str) -> None:
+    async with open_client(url) as client:
+        await client.flushdb()
+        scripts = Scripts(client)
+        a = RedisFront(client, scripts, "fa", 3)
+        await a.hello()
+        session = Session(a.registry)
+        session.receive_data(b"IAM x\nLOG alone\n", 1.0)
+        await a.sync()
+        assert await client.exists([b"logatron:bodies:fa"]) == 0  # nobody else would read it
+        assert await a.mirror() == 0
+        b = RedisFront(client, scripts, "fb", 3)
+        await b.hello()
+        await b.replicator.reload(scripts)  # as a front end starts: after it registered
+        session.receive_data(b"LOG together\n", 2.0)
+        await a.sync()
+        assert await client.exists([b"logatron:bodies:fa"]) == 1
+        assert await b.mirror() == 0 and await a.mirror() == 0
+        for front in (a, b):
+            assert [e.message for e in front.registry.log("x")] == ["alone", "together"]
+
+
+def test_a_lone_front_end_writes_no_bodies_until_another_registers(redis: RedisServer) -> None:
+    anyio.run(join_late, redis.url())

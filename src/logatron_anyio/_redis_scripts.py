@@ -18,7 +18,10 @@ Keys (all under ``logatron:``):
   ``b`` of its messages in ``bodies:<o>``; for ``s`` the key ``a`` and the value ``v``;
 - ``bodies:<front end>`` the messages ``m`` of each run a front end sent, as the bytes they
   arrived in. They are kept apart from ``changes`` so that a front end, which has its own runs
-  already, reads back only the others' (reading 64 KiB runs back was a third of its CPU);
+  already, reads back only the others' (reading 64 KiB runs back was a third of its CPU), and
+  written only while another front end is registered (``b`` is then absent): one that
+  registers later loads its mirror from a snapshot taken after it registered, and a mirror
+  that meets a run without its body loads anew;
 - ``claims`` name -> the connection holding it (``<front end id>:<n>``); ``held:<front end>``
   the names a front end holds; ``frontends`` the front ends registered; ``frontend:<id>`` a
   front end's lease (a key with a TTL, refreshed by every batch); ``batch:<id>`` the number
@@ -164,10 +167,16 @@ local function append(frontend, place, conn, name, stamp, truncated, count, mess
     redis.call('HSET', key, 'b', buffer_size, 'k', skip,
                'et', string.format('%d', through))
   end
+  local first_text, count_text = string.format('%d', first), string.format('%d', count)
+  if redis.call('SCARD', P .. 'frontends') < 2 then  -- no other front end: no reader of bodies
+    change('l', name, stamp, 's', first_text, 'c', count_text, 'x', truncated, 'f', form,
+           'o', frontend, 'q', place)
+    return nil
+  end
   local body = redis.call('XADD', P .. 'bodies:' .. frontend, 'MAXLEN', '~', '@MAXLEN@', '*',
                          'm', messages)
-  change('l', name, stamp, 's', string.format('%d', first), 'c', string.format('%d', count),
-         'x', truncated, 'f', form, 'o', frontend, 'q', place, 'b', body)
+  change('l', name, stamp, 's', first_text, 'c', count_text, 'x', truncated, 'f', form,
+         'o', frontend, 'q', place, 'b', body)
   return nil
 end
 
