@@ -1,11 +1,12 @@
 """A ``redis-server`` of the tests' own: a subprocess on a free loopback port, in a temporary
 directory, without persistence unless asked (``SHUTDOWN SAVE`` writes it), never a system
 service. ``redis-server`` missing is a failure, not a skip: the README's test command and
-``.ci/run`` install it."""
+``.ci/run`` install it. With ``tls`` (certificate, key and CA files) it speaks TLS only."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,10 +25,20 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """``redis-server`` on 127.0.0.1:``port``, its files in ``directory``."""
+    """``redis-server`` on 127.0.0.1:``port``, its files in ``directory``; with ``tls``
+    (certificate, key, CA) on TLS only; with ``client_cert`` (a file with a key and the
+    certificate the CA signed, which :meth:`command` presents) it asks clients for one."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        tls: tuple[Path, Path, Path] | None = None,
+        *,
+        client_cert: Path | None = None,
+    ) -> None:
         self.directory = directory
+        self.tls = tls
+        self.client_cert = client_cert
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -44,6 +55,12 @@ class RedisServer:
             "--appendonly": "no",
             "--logfile": str(self.directory / "redis.log"),
         }
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            asks = "no" if self.client_cert is None else "yes"
+            options |= {"--port": "0", "--tls-port": str(self.port), "--tls-cert-file": str(cert),
+                        "--tls-key-file": str(key), "--tls-ca-cert-file": str(ca),
+                        "--tls-auth-clients": asks}  # fmt: skip
         command = ["redis-server", *(item for pair in options.items() for item in pair)]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -69,7 +86,14 @@ class RedisServer:
         for arg in args:
             data = arg.encode()
             request += b"$%d\r\n%s\r\n" % (len(data), data)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as sock:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=self.tls[2])
+            context.check_hostname = False  # a certificate for any name will do here
+            if self.client_cert is not None:
+                context.load_cert_chain(self.client_cert)
+            sock = context.wrap_socket(sock)  # which takes the plain socket over
+        with sock:
             sock.sendall(request)
             reply = b""
             while not reply.endswith(b"\r\n"):

@@ -456,6 +456,10 @@ BAD_STORES = [
     ("redis://:6379/0", "no host"),
     ("redis://127.0.0.1:6379/zero", "the database ('zero') is not a number"),
     ("redis", "not 'memory' nor a redis://"),
+    ("rediss://127.0.0.1:6379/0?ssl_ca_cert=ca.pem", "unknown option 'ssl_ca_cert' (takes ssl_"),
+    ("redis://127.0.0.1:6379/0?ssl_ca_certs=ca.pem", "ssl_ca_certs goes with rediss:// only"),
+    ("rediss://127.0.0.1:6379/0?ssl_check_hostname=no", "ssl_check_hostname takes true or false"),
+    ("rediss://127.0.0.1:6379/0?ssl_ca_certs=/no/such/ca.pem", "cannot use its TLS files: "),
 ]
 
 

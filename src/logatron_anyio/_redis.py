@@ -44,7 +44,7 @@ import anyio.abc
 from logatron_core import ErrorCode, RemoteRegistry
 
 from ._durable import StoreHealth
-from ._redis_client import FAILURES, Client, NoScriptError, Pipe, Scripts, open_client
+from ._redis_client import FAILURES, Client, NoScriptError, Pipe, Scripts, open_client, tls_context
 from ._redis_codec import (
     DEFAULT_LEASE_SECONDS,
     Batch,
@@ -52,7 +52,6 @@ from ._redis_codec import (
     StoreUnavailable,
     StoreUrlError,
     limits_args,
-    parse_store_url,
     redact,
     refusals,
 )
@@ -98,7 +97,8 @@ class RedisStore:
     server's ``store_driver``. Run it with :meth:`running` (or ``run`` in a task group, then
     ``stop``).
 
-    Raises StoreUrlError for a URL that names no Redis, ValueError for a lease not above 0.
+    Raises StoreUrlError for a URL that names no Redis (or TLS files it cannot use),
+    ValueError for a lease not above 0.
     """
 
     def __init__(
@@ -109,7 +109,7 @@ class RedisStore:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        parse_store_url(url)
+        self._tls = tls_context(url)
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be above 0, not {lease_seconds}")
         self.url = url
@@ -186,8 +186,8 @@ class RedisStore:
         with anyio.CancelScope(shield=True) as scope:
             self._scope = scope
             async with (
-                open_client(self.url) as client,
-                open_client(self.url, max_connections=1) as batches,
+                open_client(self.url, ssl_context=self._tls) as client,
+                open_client(self.url, max_connections=1, ssl_context=self._tls) as batches,
             ):
                 self._client, self._scripts = client, Scripts(client)
                 self._pipe = Pipe(batches, BATCH)

@@ -15,6 +15,7 @@ errors):
 from __future__ import annotations
 
 import hashlib
+import ssl
 import warnings
 from collections.abc import Awaitable, Sequence
 from typing import Any
@@ -22,6 +23,9 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from logatron_sync._tls import client_context
+
+from ._redis_codec import StoreUrlError, parse_store_url, redact, tls_options
 from ._redis_scripts import BATCH, HELLO, JANITOR, SNAPSHOT
 
 with warnings.catch_warnings():
@@ -33,7 +37,16 @@ with warnings.catch_warnings():
     import coredis.retry
     from coredis.response.types import StreamEntry
 
-__all__ = ["FAILURES", "Client", "NoScriptError", "Pipe", "Scripts", "StreamEntry", "open_client"]
+__all__ = [
+    "FAILURES",
+    "Client",
+    "NoScriptError",
+    "Pipe",
+    "Scripts",
+    "StreamEntry",
+    "open_client",
+    "tls_context",
+]
 
 Client = coredis.Redis
 # What a call to Redis raises when Redis is away, slow or refusing: the front end retries.
@@ -64,14 +77,42 @@ class _Connection(coredis.connection.TCPConnection):
                 stream.close()
 
 
-def open_client(url: str, *, max_connections: int | None = None) -> coredis.Redis[bytes]:
+def tls_context(url: str) -> ssl.SSLContext | None:
+    """The TLS context of a ``rediss://`` URL (None for ``redis://``): TLS 1.2 at least, the
+    server's certificate checked against the system's CAs or ``ssl_ca_certs``, and its host
+    name checked, unless the URL turns them off. Raises StoreUrlError for a URL that names no
+    Redis or files that cannot be used."""
+    parts = parse_store_url(url)
+    if parts is None or parts.scheme != "rediss":
+        return None
+    options = tls_options(parts)
+    try:
+        context = client_context(
+            options.get("ssl_ca_certs"),
+            cert=options.get("ssl_certfile"),
+            key=options.get("ssl_keyfile"),
+        )
+    except (OSError, ssl.SSLError) as error:
+        raise StoreUrlError(f"--store {redact(url)}: cannot use its TLS files: {error}") from None
+    if options.get("ssl_check_hostname") == "false" or options.get("ssl_cert_reqs") == "none":
+        context.check_hostname = False
+    if options.get("ssl_cert_reqs") == "none":
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def open_client(
+    url: str, *, max_connections: int | None = None, ssl_context: ssl.SSLContext | None = None
+) -> coredis.Redis[bytes]:
     """A client of the Redis at ``url`` (not connected yet: use it as ``async with``), replies
-    as bytes, no retries of its own (the front end retries, whole batches)."""
+    as bytes, no retries of its own (the front end retries, whole batches); over TLS with
+    ``ssl_context`` (see :func:`tls_context`; coredis's own default checks no host name)."""
     pool: coredis.ConnectionPool[Any] = coredis.ConnectionPool.from_url(
         url,
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         stream_timeout=REPLY_TIMEOUT_SECONDS,
         max_connections=max_connections,
+        ssl_context=ssl_context,
     )
     pool.connection_class = _Connection
     return coredis.Redis(connection_pool=pool, retry_policy=coredis.retry.NoRetryPolicy())

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from logatron_core import (
     Append,
@@ -37,11 +37,21 @@ __all__ = [
     "redact",
     "refusals",
     "run_place",
+    "tls_options",
 ]
 
 # How long a front end's names outlive it when it dies without a word (issue 9's default).
 DEFAULT_LEASE_SECONDS = 10.0
 _SCHEMES = ("redis", "rediss")
+# What a rediss:// URL may say of TLS (the names coredis and redis-py take), and the values
+# each takes (None: a path).
+TLS_OPTIONS: dict[str, tuple[str, ...] | None] = {
+    "ssl_ca_certs": None,  # the CA certificates to trust instead of the system's
+    "ssl_certfile": None,  # a client certificate (Redis's tls-auth-clients)
+    "ssl_keyfile": None,  # its key, if not in the same file
+    "ssl_check_hostname": ("true", "false"),  # true by default
+    "ssl_cert_reqs": ("required", "none"),  # required by default
+}
 
 
 class StoreUrlError(ValueError):
@@ -77,7 +87,28 @@ def parse_store_url(url: str) -> SplitResult | None:
         raise StoreUrlError(f"--store {shown}: the database ({db!r}) is not a number")
     if parts.fragment:
         raise StoreUrlError(f"--store {shown}: a URL fragment ('#…') means nothing here")
+    tls_options(parts)
     return parts
+
+
+def tls_options(parts: SplitResult) -> dict[str, str]:
+    """The TLS options in a store URL's query (``?ssl_ca_certs=PATH&…``: see TLS_OPTIONS).
+    Raises StoreUrlError for an unknown or repeated option, a value it does not take, or
+    options in a ``redis://`` URL."""
+    shown = redact(parts.geturl())
+    options: dict[str, str] = {}
+    for name, values in parse_qs(parts.query, keep_blank_values=True).items():
+        if name not in TLS_OPTIONS:
+            known = ", ".join(TLS_OPTIONS)
+            raise StoreUrlError(f"--store {shown}: unknown option {name!r} (takes {known})")
+        if parts.scheme != "rediss":
+            raise StoreUrlError(f"--store {shown}: {name} goes with rediss:// only")
+        allowed = TLS_OPTIONS[name]
+        if len(values) > 1 or not values[0] or (allowed and values[0] not in allowed):
+            takes = " or ".join(allowed) if allowed else "one path"
+            raise StoreUrlError(f"--store {shown}: {name} takes {takes}")
+        options[name] = values[0]
+    return options
 
 
 def redact(url: str) -> str:
