@@ -18,7 +18,9 @@ front end B reads them (``bench_tail.py``'s ``--pace`` and ``--subscribe`` child
 p50/p99 from the line's send to its arrival on B.
 
 The last line is one JSON object with the medians and the issue's targets: Redis at least
-0.5x memory; A to B p99 under 100 ms.
+0.5x memory; A to B p99 under 100 ms. It also gives the CPU time per million lines of the
+front end (``/proc``) and of redis-server (``INFO cpu``) in the ``memory`` and ``redis``
+measures: where the time goes.
 
     python benchmarks/bench_store.py [--quick] [--repeats N]
 """
@@ -72,6 +74,12 @@ class Redis:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.05)
 
+    def cpu_seconds(self) -> float:
+        """The CPU time (user and system) redis-server has used."""
+        info = dict(line.split(":", 1) for line in self.cli("INFO", "cpu").splitlines()
+                    if ":" in line)  # fmt: skip
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
     def cli(self, *args: str) -> str:
         result = subprocess.run(
             ["redis-cli", "-h", harness.HOST, "-p", str(self.port), *args],
@@ -103,18 +111,27 @@ def redis_server() -> Iterator[Redis]:
             redis.stop()
 
 
-def ingest(redis: Redis, store: str, front_ends: int, lines: int) -> float:
-    """bench_server's load into ``front_ends`` servers (``store``: memory or redis); lines/s."""
+def ingest(
+    redis: Redis, store: str, front_ends: int, lines: int, cpu: dict[str, list[float]]
+) -> float:
+    """bench_server's load into ``front_ends`` servers (``store``: memory or redis); lines/s.
+    Appends to ``cpu`` the CPU seconds per million lines of the front ends and of Redis."""
     tree = harness.trees(None)[0]
     redis.cli("FLUSHALL")
     extra = [] if store == "memory" else ["--store", redis.url]
     with harness.children() as started:
-        ports = []
+        servers = []
         for _ in range(front_ends):
             server = harness.Server("asyncio", tree, extra=extra)
             started.append(server)
-            ports.append(server.tcp_port)
-        measured = harness.run_json(harness.flood_command(ports, lines=lines))
+            servers.append(server)
+        redis_before = redis.cpu_seconds()
+        command = harness.flood_command([server.tcp_port for server in servers], lines=lines)
+        measured = harness.run_json(command)
+        millions = float(measured["lines"]) / 1e6
+        front = sum(server.cpu_seconds() for server in servers)
+        cpu.setdefault(f"{store}_front_end", []).append(front / millions)
+        cpu.setdefault(f"{store}_redis", []).append((redis.cpu_seconds() - redis_before) / millions)
     return float(measured["lines"]) / float(measured["seconds"])
 
 
@@ -164,11 +181,12 @@ def main() -> None:
     repeats = args.repeats or 5
     lines = QUICK_LINES if args.quick else LINES
     entries = QUICK_XADD_ENTRIES if args.quick else XADD_ENTRIES
+    cpu: dict[str, list[float]] = {}
     with redis_server() as redis:
         measures: dict[str, Callable[[], float]] = {
-            "memory": lambda: ingest(redis, "memory", 1, lines),
-            "redis": lambda: ingest(redis, "redis", 1, lines),
-            "redis_two": lambda: ingest(redis, "redis", 2, lines),
+            "memory": lambda: ingest(redis, "memory", 1, lines, cpu),
+            "redis": lambda: ingest(redis, "redis", 1, lines, cpu),
+            "redis_two": lambda: ingest(redis, "redis", 2, lines, {}),
             "xadd": lambda: xadd(redis, entries),
         }
         runs: dict[str, list[float]] = {name: [] for name in measures}
@@ -186,6 +204,8 @@ def main() -> None:
     summary["redis_ratio"] = round(summary["redis_per_s"] / summary["memory_per_s"], 3)
     summary["redis_two_ratio"] = round(summary["redis_two_per_s"] / summary["memory_per_s"], 3)
     summary["redis_lines_per_xadd_entry"] = round(summary["redis_per_s"] / summary["xadd_per_s"], 3)
+    for name, per_million in cpu.items():
+        summary[f"cpu_s_per_m_{name}"] = round(statistics.median(per_million), 3)
     summary["a_to_b_p50_ms"] = across["send_p50_ms"]
     summary["a_to_b_p99_ms"] = across["send_p99_ms"]
     must_hold = [
