@@ -8,8 +8,15 @@ from contextlib import contextmanager
 
 import pytest
 
-from logatron_core import ErrorCode, LocalProtocolError, LogatronError, Registry
+from logatron_core import (
+    ErrorCode,
+    LocalProtocolError,
+    LogatronError,
+    Registry,
+    RemoteProtocolError,
+)
 from logatron_sync import LogatronClient, LogatronServer, ServerRefused
+from served import served
 
 TIMEOUT = 5.0
 
@@ -134,8 +141,8 @@ def test_invalid_key_sends_nothing(server: LogatronServer) -> None:
 
 def test_ping_timeout() -> None:
     def answer_first_ping_only(connection: socket.socket) -> None:
-        iam, ping = read_lines(connection, 2)
-        assert iam == b"IAM slow"
+        iam, blank, ping = read_lines(connection, 3)
+        assert (iam, blank) == (b"IAM slow", b"")  # the blank line is for HTTP servers
         connection.sendall(b"PONG " + ping.removeprefix(b"PING ") + b"\n")
         read_lines(connection, 2)  # the next pings, never answered
         connection.sendall(b"PONG not-yours\n")
@@ -155,7 +162,7 @@ def test_ping_timeout() -> None:
 
 def test_connect_times_out_when_the_server_never_answers() -> None:
     def silent(connection: socket.socket) -> None:
-        read_lines(connection, 2)
+        read_lines(connection, 3)
         read_until_eof(connection)
 
     with fake_server(silent) as port:
@@ -163,6 +170,14 @@ def test_connect_times_out_when_the_server_never_answers() -> None:
         with pytest.raises(TimeoutError):
             LogatronClient("mute", port=port, timeout=0.3)
         assert time.monotonic() - started < 2.0
+
+
+def test_a_client_pointed_at_the_http_port_is_told_at_once() -> None:
+    with served() as server:
+        started = time.monotonic()
+        with pytest.raises(RemoteProtocolError, match=r"'HTTP/1\.1 400 Bad Request'"):
+            LogatronClient("bob", port=server.http_port, timeout=TIMEOUT)
+        assert time.monotonic() - started < TIMEOUT / 2  # not after the timeout
 
 
 def test_connection_refused() -> None:
@@ -187,7 +202,7 @@ def test_server_closing_is_a_connection_error(server: LogatronServer) -> None:
 
 def test_fatal_error_noticed_by_a_later_call() -> None:
     def refuse_later(connection: socket.socket) -> None:
-        _iam, ping = read_lines(connection, 2)
+        _iam, _blank, ping = read_lines(connection, 3)
         connection.sendall(b"PONG " + ping.removeprefix(b"PING ") + b"\n")
         connection.sendall(b"ERR too-many-clients go away\n")
         connection.shutdown(socket.SHUT_WR)

@@ -34,7 +34,8 @@ class LogatronClient:
     The constructor connects, sends ``IAM name`` and waits for a ``PONG`` so that a refusal is
     noticed at once. It raises LocalProtocolError (a ValueError) for an invalid name before
     connecting, OSError when the server cannot be reached, TimeoutError when it does not answer
-    within ``timeout`` seconds, and ServerRefused when it refuses the name.
+    within ``timeout`` seconds, ServerRefused when it refuses the name, and RemoteProtocolError
+    when what answers is not a Logatron server (an HTTP port, say: that answers at once).
 
     Non-fatal ``ERR`` replies (``too-many-keys``, ``line-too-long`` …) are read while waiting
     for a ``PONG`` and collected in :attr:`errors`. ``timeout`` bounds connecting, each send and
@@ -72,7 +73,10 @@ class LogatronClient:
                     sock, server_hostname=server_hostname or host
                 )
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(identify)
+            # The blank line after IAM (ignored by a Logatron server) ends the head of what an
+            # HTTP server takes for a request, so that one answers at once and is told from a
+            # Logatron server, instead of waiting for the rest of its headers.
+            sock.sendall(identify + b"\n")
             self.ping()
         except BaseException:
             self.close()
