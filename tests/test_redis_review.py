@@ -1,0 +1,150 @@
+"""Review of the bodies change (c42808a, 73a797c, 8d3d6d2): races between the driver and the
+mirror, the lone-front-end rule, bodies kept in Redis.
+
+Each test drives the scripts and the Mirror as the driver does (``Mirror.sent`` before the
+call, ``Mirror.expect`` with the change number of the reply; never ``registry.committed``
+directly), with the driver's interleavings made deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from logatron_anyio._redis_client import Client, Scripts, open_client
+from logatron_anyio._redis_codec import Batch, limits_args, refusals
+from logatron_core import ErrorCode, Session
+from redis_server import RedisServer, module_redis
+from test_http import until
+from test_redis import TIMEOUT, front_end, get_body, peer
+from test_redis_model import RedisFront
+
+redis = pytest.fixture(scope="module")(module_redis)
+
+
+async def drive(front: RedisFront, lease_ms: str = "60000") -> Any:
+    """One batch as RedisStore._send_pending/_acknowledged send it: the mirror is told of
+    the batch before it goes, and of the change number in its reply; the PONGs are the
+    mirror's to answer."""
+    mark, commands = front.registry.take()
+    front.batches += 1
+    batch = Batch(front.batches, mark)
+    assert not front.encoder.encode(batch, commands, 2**30)
+    args = [front.encoder.frontend, str(batch.number), lease_ms,
+            *limits_args(front.registry), *batch.args]  # fmt: skip
+    front.replicator.sent(batch)
+    result = await front.scripts.batch(args)
+    if result[0] != b"ok":
+        return result
+    refused = refusals(result)
+    front.encoder.accepted(batch, set(refused))
+    for index, (code, detail) in refused.items():
+        front.registry.refused(batch.commands[index][0], ErrorCode(code), detail, 0.0)
+    front.replicator.expect(int(result[1]), batch)
+    return result
+
+
+def messages(front: RedisFront, name: str) -> list[str]:
+    return [entry.message for entry in front.registry.log(name)]
+
+
+class SnapshotThenBatch:
+    """Scripts whose SNAPSHOT reply reaches the mirror only after the driver had the reply
+    of a batch that Redis ran after the snapshot (two connections: the order in which their
+    replies are read is the event loop's; a large snapshot makes it the usual one)."""
+
+    def __init__(self, scripts: Scripts, front: RedisFront) -> None:
+        self.scripts = scripts
+        self.front = front
+
+    async def snapshot(self) -> Any:
+        result = await self.scripts.snapshot()
+        await drive(self.front)
+        return result
+
+
+async def reload_while_a_batch_is_acknowledged(url: str, check_pong: bool) -> None:
+    async with open_client(url) as client:
+        await client.flushdb()
+        scripts = Scripts(client)
+        a = RedisFront(client, scripts, "fa", 3)
+        await a.hello()
+        session = Session(a.registry)
+        session.receive_data(b"IAM x\nPING\n", 1.0)
+        await drive(a)
+        assert await a.mirror() == 0
+        assert session.data_to_send() == b"PONG\n"
+        session.receive_data(b"LOG late\nPING\n", 2.0)
+        # The mirror reloads (a gap, a lost body, Redis went back...) while the driver sends.
+        await a.replicator.reload(SnapshotThenBatch(scripts, a))  # type: ignore[arg-type]
+        pong = session.data_to_send()
+        # A PONG means: this front end's mirror has the lines before the PING.
+        if check_pong:
+            assert pong == b"" or messages(a, "x") == ["late"], (pong, messages(a, "x"))
+            assert a.replicator.lag > 0  # Redis is ahead of the mirror: it is not "caught up"
+        # And its own run is still its own: no second reload to read it.
+        assert await a.mirror() == 0
+        assert messages(a, "x") == ["late"]
+        assert session.data_to_send() + pong == b"PONG\n"
+
+
+def test_a_batch_acknowledged_during_a_reload_is_not_confirmed_before_the_mirror_has_it(
+    redis: RedisServer,
+) -> None:
+    anyio.run(reload_while_a_batch_is_acknowledged, redis.url(), True)
+
+
+def test_a_lone_front_end_reads_its_own_run_acknowledged_during_a_reload_without_reloading(
+    redis: RedisServer,
+) -> None:
+    """The batch's runs were dropped from Mirror._sent by the reload: a lone front end wrote
+    no body for them, so its mirror cannot apply its own change and loads everything again."""
+    anyio.run(reload_while_a_batch_is_acknowledged, redis.url(), False)
+
+
+@pytest.fixture
+def store_url(redis: RedisServer) -> str:
+    assert redis.command("FLUSHALL") == b"+OK\r\n"
+    return redis.url()
+
+
+@pytest.mark.anyio
+async def test_a_pong_during_a_reload_is_answered_only_once_the_mirror_has_the_lines(
+    store_url: str,
+) -> None:
+    """The same race through a running front end: its replicator reloads (as after a gap or
+    a lost body) and the SNAPSHOT reply is read after the driver had the reply of the batch
+    holding ``LOG late`` and the ``PING`` after it (Redis ran the batch after the snapshot)."""
+    async with front_end(store_url) as a, peer(a.tcp_port, b"IAM x\nPING\n") as x:
+        assert await x.line() == b"PONG\n"
+        store = a.store
+        scripts = store._scripts
+        assert scripts is not None
+        real = scripts.snapshot
+        taken, checked = anyio.Event(), anyio.Event()
+        calls = 0
+
+        async def snapshot() -> Any:
+            nonlocal calls
+            calls += 1
+            result = await real()
+            if calls == 1:
+                taken.set()
+                await until(lambda: store.mirror.acked > int(result[0]))  # the batch's reply
+            else:  # a second reload (its own run not found) waits until the test has looked
+                with anyio.move_on_after(TIMEOUT):
+                    await checked.wait()
+            return result
+
+        scripts.snapshot = snapshot  # type: ignore[method-assign]
+        store.mirror.must_reload = True  # as after a gap, a lost body, Redis going back
+        with anyio.fail_after(TIMEOUT):
+            await taken.wait()
+        await x.send(b"LOG late\nPING\n")
+        assert await x.line() == b"PONG\n"
+        status, body = await get_body(a.http_port, "/api/clients/x/log")
+        checked.set()
+        assert status == 200
+        assert b"late" in body, body
