@@ -101,17 +101,22 @@ class Mirror:
         self.registry.committed(mark)
 
     async def reload(self, scripts: Scripts) -> None:
-        """Load the mirror anew from one snapshot; every PONG held is answered."""
+        """Load the mirror anew from one snapshot. The PONGs of the batches acknowledged
+        before it was asked for are answered (Redis had them before it ran the snapshot, or
+        lost them if it went back); those acknowledged while it was on its way wait for the
+        changes past it, as any other."""
+        expected = self._expected
+        before = expected[-1][2] if expected else None  # the last batch acknowledged so far
         result = await scripts.snapshot()
         floor = self.registry.last_seq
         mirror, self.applied, self.last_id = load_snapshot(result, self.clock())
         mirror.restore_last_seq(floor)  # a tail's cursor never goes back
         self.registry.replace_mirror(mirror)
-        self.acked = self.applied
         self.must_reload = False
-        while self._expected:
-            self._committed(*self._expected.popleft())
-        self._on_progress()
+        while expected and before is not None and expected[0][2] <= before:
+            self._committed(*expected.popleft())
+        self.acked = max([self.applied, *(changeno for changeno, _, _ in expected)])
+        self._confirm()
 
     async def run(self, client: Client[bytes], scripts: Scripts) -> None:
         """Follow the change stream until cancelled, reloading when it must."""
