@@ -148,3 +148,42 @@ async def test_a_pong_during_a_reload_is_answered_only_once_the_mirror_has_the_l
         checked.set()
         assert status == 200
         assert b"late" in body, body
+
+
+async def left_alone(url: str) -> None:
+    async with open_client(url) as client:
+        await client.flushdb()
+        scripts = Scripts(client)
+        a = RedisFront(client, scripts, "fa", 3)
+        b = RedisFront(client, scripts, "fb", 3)
+        for front in (a, b):
+            await front.hello()
+        session = Session(a.registry)
+        session.receive_data(b"IAM x\n", 1.0)
+        for number in range(5):
+            session.receive_data(b"LOG %d\n" % number, 2.0)
+            await drive(a)
+        assert await client.xlen(b"logatron:bodies:fa") == 5
+        # fb stops (RedisStore.stop deletes its lease) and fa's janitor releases it.
+        await client.delete([b"logatron:frontend:fb"])
+        await scripts.janitor(["3.0", "3600.0", "10"])
+        assert await client.smembers(b"logatron:frontends") == {b"fa"}
+        session.receive_data(b"LOG alone\n", 4.0)
+        await drive(a)
+        assert await a.mirror() == 0 and messages(a, "x")[-1] == "alone"
+        # No front end reads fa's bodies any more, and fa writes none: they must not stay
+        # (up to CHANGES_MAXLEN runs of 64 KiB) for as long as fa lives.
+        ttl = await client.ttl(b"logatron:bodies:fa")
+        assert ttl != -1, f"bodies:fa kept for good ({await client.xlen(b'logatron:bodies:fa')})"
+        # A front end that registers later reads fa's next runs (its bodies written again).
+        c = RedisFront(client, scripts, "fc", 3)
+        await c.hello()
+        await c.replicator.reload(scripts)
+        session.receive_data(b"LOG together\n", 5.0)
+        await drive(a)
+        assert await c.mirror() == 0 and messages(c, "x")[-1] == "together"
+        assert await client.ttl(b"logatron:bodies:fa") == -1  # kept while another reads them
+
+
+def test_the_bodies_of_a_front_end_left_alone_expire(redis: RedisServer) -> None:
+    anyio.run(left_alone, redis.url())
