@@ -99,6 +99,10 @@ local function release_frontend(frontend, stamp)
   redis.call('DEL', P .. 'held:' .. frontend)
   redis.call('SREM', P .. 'frontends', frontend)
   redis.call('EXPIRE', P .. 'bodies:' .. frontend, @BODIES_KEEP@)
+  if redis.call('SCARD', P .. 'frontends') == 1 then  -- the one left writes no bodies now,
+    local alone = redis.call('SRANDMEMBER', P .. 'frontends')  -- and none reads its old ones
+    redis.call('EXPIRE', P .. 'bodies:' .. alone, @BODIES_KEEP@)
+  end
 end
 
 local function not_held(name)
@@ -291,6 +295,11 @@ for n = 1, 5 do redis.call('HSET', P .. 'config', fields[n], ARGV[n + 2]) end
 redis.call('SET', P .. 'frontend:' .. frontend, '1', 'PX', ARGV[2])
 redis.call('SADD', P .. 'frontends', frontend)
 redis.call('PERSIST', P .. 'bodies:' .. frontend)  -- kept while it lives, even if it lapsed
+if redis.call('SCARD', P .. 'frontends') >= 2 then  -- each has a reader again (see release)
+  for _, other in ipairs(redis.call('SMEMBERS', P .. 'frontends')) do
+    redis.call('PERSIST', P .. 'bodies:' .. other)
+  end
+end
 if tonumber(redis.call('GET', P .. 'seq') or '0') < tonumber(ARGV[8]) then
   redis.call('SET', P .. 'seq', ARGV[8])  -- seqs are never given twice, even by a new Redis
 end
