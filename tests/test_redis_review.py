@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from logatron_anyio._redis_client import Client, Scripts, open_client
+from logatron_anyio._redis_client import Scripts, open_client
 from logatron_anyio._redis_codec import Batch, limits_args, refusals
 from logatron_core import ErrorCode, Session
 from redis_server import RedisServer, module_redis
