@@ -142,7 +142,7 @@ async def play(url: str, script: list[Step], max_clients: int) -> None:
             assert await real[index].mirror() == 0
             assert view(real[index].registry) == view(model[index].registry)
         # And what a front end starting now would load: the rings and records in Redis.
-        loaded, _, _ = load_snapshot(await scripts.snapshot(), 9.0)
+        loaded, _, _, _ = load_snapshot(await scripts.snapshot(), 9.0)
         assert view(loaded) == view(shared.store)
         for from_model, from_redis in replies.values():
             assert from_redis == from_model

@@ -355,8 +355,9 @@ class RedisStore:
                 f"the store at {self.shown_url} is used by live front ends with other limits "
                 f"({stored}): give every front end the same limits"
             )
+        self.mirror.registered(result[2])
         now = self.clock()
-        for index, (code, detail) in refusals(result).items():
+        for index, (code, detail) in refusals(result, 3).items():
             connection, claim = claims[index]
             self._encoder.forget(connection, claim.session)
             self.registry.refused(claim, ErrorCode(code), detail, now)

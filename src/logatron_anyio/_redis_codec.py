@@ -281,12 +281,13 @@ def _pairs(flat: Sequence[bytes]) -> dict[str, str]:
     }
 
 
-def load_snapshot(result: Sequence[Any], now: float) -> tuple[MemoryStore, int, bytes]:
-    """A mirror built from the SNAPSHOT script's result, the change number it is at and the
-    stream id to read on from."""
+def load_snapshot(result: Sequence[Any], now: float) -> tuple[MemoryStore, int, bytes, bytes]:
+    """A mirror built from the SNAPSHOT script's result, the change number it is at, the
+    stream id to read on from and the epoch of Redis's data (b"" if none)."""
     changeno, seq, last_id, retained = int(result[0]), int(result[1]), result[2], result[3]
+    epoch = result[4] if isinstance(result[4], bytes) else b""
     order = {name: index for index, name in enumerate(retained)}
-    clients = sorted(result[4:], key=lambda item: order.get(item[0], -1))
+    clients = sorted(result[5:], key=lambda item: order.get(item[0], -1))
     store = MemoryStore()
     for name_bytes, record_flat, state_flat, runs_flat, ring in clients:
         name = name_bytes.decode()
@@ -311,4 +312,5 @@ def load_snapshot(result: Sequence[Any], now: float) -> tuple[MemoryStore, int, 
         )
         store.restore(client, runs, now, keep_connected=True)
     store.restore_last_seq(seq)
-    return store, changeno, last_id if isinstance(last_id, bytes) else str(last_id).encode()
+    last = last_id if isinstance(last_id, bytes) else str(last_id).encode()
+    return store, changeno, last, epoch

@@ -68,6 +68,8 @@ class Mirror:
         self.applied = 0  # the number of the last change applied
         self.acked = 0  # the change number of the last batch Redis acknowledged
         self.last_id = b"0-0"  # the stream id of the last change applied
+        self.epoch: bytes | None = None  # the epoch of the data the mirror was loaded from
+        self._registered: bytes | None = None  # the epoch the driver last registered in
         self.must_reload = False
         self._expected: deque[tuple[int, int, int]] = deque()  # (change number, mark, batch)
         self._sent: dict[int, dict[int, Sequence[str]]] = {}  # batch -> its runs, by index
@@ -84,6 +86,20 @@ class Mirror:
         if batch.runs:
             self._sent[batch.number] = batch.runs
 
+    def registered(self, epoch: bytes) -> None:
+        """The driver registered with Redis, whose data is of ``epoch``. If the mirror was
+        loaded from another (Redis restarted without its data), the change numbers it reached
+        mean nothing there: it loads anew, and confirms nothing until then."""
+        self._registered = epoch
+        if self._stale:
+            self._reloading("Redis lost its data (it restarted empty)")
+            self.must_reload = True
+
+    @property
+    def _stale(self) -> bool:
+        registered = self._registered
+        return self.epoch is not None and registered is not None and registered != self.epoch
+
     def expect(self, changeno: int, batch: Batch) -> None:
         """Redis acknowledged ``batch`` when at change ``changeno``."""
         self.acked = max(self.acked, changeno)
@@ -92,7 +108,7 @@ class Mirror:
 
     def _confirm(self) -> None:
         expected = self._expected
-        while expected and expected[0][0] <= self.applied:
+        while expected and expected[0][0] <= self.applied and not self._stale:
             self._committed(*expected.popleft())
         self._on_progress()
 
@@ -109,11 +125,11 @@ class Mirror:
         before = expected[-1][2] if expected else None  # the last batch acknowledged so far
         result = await scripts.snapshot()
         floor = self.registry.last_seq
-        mirror, self.applied, self.last_id = load_snapshot(result, self.clock())
+        mirror, self.applied, self.last_id, self.epoch = load_snapshot(result, self.clock())
         mirror.restore_last_seq(floor)  # a tail's cursor never goes back
         self.registry.replace_mirror(mirror)
-        self.must_reload = False
-        while expected and before is not None and expected[0][2] <= before:
+        self.must_reload = self._stale  # a snapshot of the data Redis had before it restarted
+        while expected and before is not None and expected[0][2] <= before and not self._stale:
             self._committed(*expected.popleft())
         self.acked = max([self.applied, *(changeno for changeno, _, _ in expected)])
         self._confirm()

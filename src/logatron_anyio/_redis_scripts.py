@@ -10,6 +10,8 @@ Keys (all under ``logatron:``):
 
 - ``seq`` the last seq given out; ``changeno`` the number of the last change (each entry of
   ``changes`` carries its number ``i``, so a front end sees at once when it missed some);
+  ``epoch`` names this Redis's data (set by the first HELLO into an empty Redis): a front end
+  that registers and finds another than its mirror was loaded from knows Redis lost it;
 - ``changes`` the stream of changes: ``k`` the kind (``r`` ready, ``l`` logged, ``s`` set,
   ``c`` closed, ``e`` expired), ``n`` the client, ``t`` the timestamp, and for ``l`` the first
   seq ``s``, the count ``c``, the truncated flag ``x``, the form ``f`` that reads the messages
@@ -269,10 +271,10 @@ return result
 
 # Registers a front end (at start, and again after its lease expired or Redis restarted).
 # ARGV: front end id, lease in ms, the five limits, the highest seq it has seen, then the claims
-# it holds (``conn name stamp``), claimed again. Returns ``{'ok', changeno, index, code, detail,
-# ...}`` (the claims refused), or ``{'config', <the five stored limits>}`` when live front ends
-# use other limits (the limits are the deployment's: when no front end is live, the new ones
-# replace them).
+# it holds (``conn name stamp``), claimed again. Returns ``{'ok', changeno, epoch, index, code,
+# detail, ...}`` (the claims refused), or ``{'config', <the five stored limits>}`` when live
+# front ends use other limits (the limits are the deployment's: when no front end is live, the
+# new ones replace them).
 HELLO = (
     _PRELUDE
     + """
@@ -303,8 +305,10 @@ end
 if tonumber(redis.call('GET', P .. 'seq') or '0') < tonumber(ARGV[8]) then
   redis.call('SET', P .. 'seq', ARGV[8])  -- seqs are never given twice, even by a new Redis
 end
+local now = redis.call('TIME')
+redis.call('SET', P .. 'epoch', frontend .. ':' .. now[1] .. '.' .. now[2], 'NX')
 local limits = limits_from(3)
-local result = {'ok', '0'}
+local result = {'ok', '0', redis.call('GET', P .. 'epoch')}
 local i, index = 9, 0
 while i <= #ARGV do
   local refusal = claim(frontend, ARGV[i], ARGV[i + 1], ARGV[i + 2], limits)
@@ -336,12 +340,13 @@ return redis.call('GET', P .. 'changeno') or '0'
 )
 
 # Everything a new mirror needs, as of one instant: ``{changeno, seq, last stream id, retained
-# names (oldest first), {name, record, state, runs, ring}...}``.
+# names (oldest first), epoch (false if none), {name, record, state, runs, ring}...}``.
 SNAPSHOT = """
 local P = 'logatron:'
 local last = redis.call('XREVRANGE', P .. 'changes', '+', '-', 'COUNT', 1)
 local result = {redis.call('GET', P .. 'changeno') or '0', redis.call('GET', P .. 'seq') or '0',
-                last[1] and last[1][1] or '0-0', redis.call('ZRANGE', P .. 'retained', 0, -1)}
+                last[1] and last[1][1] or '0-0', redis.call('ZRANGE', P .. 'retained', 0, -1),
+                redis.call('GET', P .. 'epoch')}
 for _, name in ipairs(redis.call('SMEMBERS', P .. 'names')) do
   table.insert(result, {name, redis.call('HGETALL', P .. 'client:' .. name),
                         redis.call('HGETALL', P .. 'state:' .. name),

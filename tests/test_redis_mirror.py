@@ -1,5 +1,6 @@
-"""Review of the bodies change (c42808a, 73a797c, 8d3d6d2): races between the driver and the
-mirror, the lone-front-end rule, bodies kept in Redis.
+"""The replicator (``_redis_mirror.Mirror``) and the driver together: when a PONG may be
+answered while the mirror reloads or after Redis lost its data, and how long the bodies of the
+front ends' runs stay in Redis.
 
 Each test drives the scripts and the Mirror as the driver does (``Mirror.sent`` before the
 call, ``Mirror.expect`` with the change number of the reply; never ``registry.committed``
@@ -197,14 +198,13 @@ def own_redis(tmp_path: Any) -> Any:
     server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="pre-existing, not fixed on this branch")
 @pytest.mark.anyio
 async def test_after_redis_restarts_empty_a_pong_still_means_the_mirror_has_the_lines(
     own_redis: RedisServer,
 ) -> None:
-    """Pre-existing (Mirror.expect/_confirm): the new Redis acknowledges the batch at a change
-    number below the one the mirror reached in the old Redis, so the PONG is answered at
-    once, before the mirror noticed Redis went back and reloaded."""
+    """The new Redis acknowledges the batch at a change number below the one the mirror had
+    reached in the old one: the driver, registering again, finds another epoch, and the PONG
+    waits until the mirror has loaded the new Redis's data."""
     async with (
         front_end(own_redis.url(), lease_seconds=1) as a,
         peer(a.tcp_port, b"IAM w\nLOG before\nLOG more\nSET k v\nPING\n") as w,
