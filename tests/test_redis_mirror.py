@@ -15,8 +15,7 @@ import anyio
 import pytest
 
 from logatron_anyio._redis_client import Scripts, open_client
-from logatron_anyio._redis_codec import Batch, limits_args, refusals
-from logatron_core import ErrorCode, Session
+from logatron_core import Session
 from redis_server import RedisServer, module_redis
 from test_http import until
 from test_redis import TIMEOUT, front_end, get_body, peer
@@ -25,26 +24,9 @@ from test_redis_model import RedisFront
 redis = pytest.fixture(scope="module")(module_redis)
 
 
-async def drive(front: RedisFront, lease_ms: str = "60000") -> Any:
-    """One batch as RedisStore._send_pending/_acknowledged send it: the mirror is told of
-    the batch before it goes, and of the change number in its reply; the PONGs are the
-    mirror's to answer."""
-    mark, commands = front.registry.take()
-    front.batches += 1
-    batch = Batch(front.batches, mark)
-    assert not front.encoder.encode(batch, commands, 2**30)
-    args = [front.encoder.frontend, str(batch.number), lease_ms,
-            *limits_args(front.registry), *batch.args]  # fmt: skip
-    front.replicator.sent(batch)
-    result = await front.scripts.batch(args)
-    if result[0] != b"ok":
-        return result
-    refused = refusals(result)
-    front.encoder.accepted(batch, set(refused))
-    for index, (code, detail) in refused.items():
-        front.registry.refused(batch.commands[index][0], ErrorCode(code), detail, 0.0)
-    front.replicator.expect(int(result[1]), batch)
-    return result
+async def drive(front: RedisFront) -> None:
+    """One batch as the driver sends it: the PONGs are the mirror's to answer."""
+    await front.sync(confirm_at_once=False)
 
 
 def messages(front: RedisFront, name: str) -> list[str]:

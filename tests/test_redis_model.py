@@ -64,7 +64,9 @@ class RedisFront:
         result = await self.scripts.hello([self.encoder.frontend, "60000", *limits, "0"])
         assert result[0] == b"ok"
 
-    async def sync(self) -> None:
+    async def sync(self, *, confirm_at_once: bool = True) -> None:
+        """Send one batch. The PONGs before it are answered at once (as the model does), or
+        as the driver has them answered: by the mirror, once it has the batch's changes."""
         mark, commands = self.registry.take()
         self.batches += 1
         batch = Batch(self.batches, mark)
@@ -77,7 +79,8 @@ class RedisFront:
         self.encoder.accepted(batch, set(refused))
         for index, (code, detail) in refused.items():
             self.registry.refused(batch.commands[index][0], ErrorCode(code), detail, 0.0)
-        self.registry.committed(mark)
+        if confirm_at_once:
+            self.registry.committed(mark)
         self.replicator.expect(int(result[1]), batch)
 
     async def mirror(self) -> int:
