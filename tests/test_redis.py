@@ -325,6 +325,36 @@ async def test_a_graceful_redis_restart_with_ingest_running_loses_nothing_confir
     assert any(text.endswith("is reachable again") for text in messages)
 
 
+async def flood(peer: Peer, chunk: bytes) -> None:
+    """Send ``chunk`` ten times (~8 MiB: more than any bound and the socket buffers), PING."""
+    for _ in range(10):
+        await peer.send(chunk)
+    await peer.send(b"PING\n")
+
+
+async def until_reading_pauses(registry: RemoteRegistry) -> int:
+    """Wait until the server has read nothing more for a while; the bytes it read."""
+    received = -1
+    with anyio.fail_after(TIMEOUT):
+        while registry.stats.bytes_received != received:
+            received = registry.stats.bytes_received
+            await anyio.sleep(0.3)
+    return received
+
+
+def stalled(mirror: Any, monkeypatch: pytest.MonkeyPatch) -> anyio.Event:
+    """Make the replicator read nothing more (after the read it may be waiting on) until the
+    event returned is set."""
+    resume, step = anyio.Event(), mirror.step
+
+    async def stalled_step(client: Any, block_ms: int | None = None) -> bool:
+        await resume.wait()
+        return bool(await step(client, block_ms))
+
+    monkeypatch.setattr(mirror, "step", stalled_step)
+    return resume
+
+
 @pytest.mark.anyio
 async def test_while_redis_is_away_a_front_end_buffers_a_bound_then_stops_reading(
     own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
@@ -336,18 +366,9 @@ async def test_while_redis_is_away_a_front_end_buffers_a_bound_then_stops_readin
         assert await f.line() == b"PONG\n"
         await anyio.to_thread.run_sync(lambda: own_redis.stop(save=True))
         async with anyio.create_task_group() as tg:
-
-            async def flood() -> None:
-                for _ in range(10):  # ~8 MiB, far more than the bound and the socket buffers
-                    await f.send(chunk)
-                await f.send(b"PING\n")
-
-            tg.start_soon(flood)
+            tg.start_soon(flood, f, chunk)
             await until(lambda: a.store.health.failing)
-            received = -1
-            while a.registry.stats.bytes_received != received:  # until reading pauses
-                received = a.registry.stats.bytes_received
-                await anyio.sleep(0.3)
+            received = await until_reading_pauses(a.registry)
             # The bound, one receive per connection and what was queued when it was passed.
             assert 256 * 1024 < received < 1024 * 1024
             await anyio.sleep(0.3)
@@ -355,6 +376,51 @@ async def test_while_redis_is_away_a_front_end_buffers_a_bound_then_stops_readin
             await anyio.to_thread.run_sync(own_redis.start)
         assert await f.line() == b"PONG\n"
         assert len(a.registry.log("f")) == 200_000
+
+
+@pytest.mark.anyio
+async def test_a_front_end_whose_mirror_stalls_holds_a_bound_of_its_runs_then_stops_reading(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("logatron_anyio._redis.MAX_BUFFERED_BYTES", 256 * 1024)
+    chunk = b"".join(b"LOG %06d flooding while the mirror stalls\n" % n for n in range(20_000))
+    async with front_end(store_url, buffer_size=200_000) as a, peer(a.tcp_port, b"IAM f\n") as f:
+        mirror = a.store.mirror
+        resume = stalled(mirror, monkeypatch)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flood, f, chunk)
+            received = await until_reading_pauses(a.registry)
+            # The bound, a batch (MAX_BATCH_BYTES) and the receives queued when it was passed.
+            assert 256 * 1024 < mirror.held_bytes < received < 4 * 1024 * 1024
+            resume.set()
+        assert await f.line() == b"PONG\n"
+        assert len(a.registry.log("f")) == 200_000
+        assert mirror.held_bytes == 0
+
+
+@pytest.mark.anyio
+async def test_a_front_end_whose_mirror_stalls_lags_a_bound_of_changes_then_stops_reading(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("logatron_anyio._redis.MAX_MIRROR_LAG", 200)
+    # Small enough that Redis acknowledges what was read before much more is: the lag is then
+    # what holds reading (Redis has taken everything: nothing is buffered any more).
+    monkeypatch.setattr("logatron_anyio._redis.MAX_BUFFERED_BYTES", 64 * 1024)
+    sets = b"".join(b"SET k %06d\n" % n for n in range(100_000))  # a change each, few bytes
+    async with front_end(store_url) as a, peer(a.tcp_port, b"IAM s\n") as s:
+        mirror = a.store.mirror
+        resume = stalled(mirror, monkeypatch)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(s.send, sets + b"PING\n")
+            received = await until_reading_pauses(a.registry)
+            assert mirror.lag > 200 and received < len(sets) // 2
+            await until(lambda: a.store._buffered == 0)
+            await anyio.sleep(0.3)
+            assert a.registry.stats.bytes_received == received  # held by the lag alone
+            resume.set()
+        assert await s.line() == b"PONG\n"
+        assert a.registry.state("s") == {"k": "099999"}
+        assert mirror.lag == 0
 
 
 @pytest.mark.anyio

@@ -68,9 +68,10 @@ __all__ = [
 
 logger = logging.getLogger("logatron.store")
 
-# Commands a front end holds while Redis is slow or unreachable, in bytes of lines; past it
-# the TCP server stops reading its clients until Redis has taken some. 32 MiB is half a
-# million 64-byte lines: seconds of a busy front end's input, and far below its memory.
+# Commands a front end holds while Redis is slow or unreachable, in bytes of lines, and runs it
+# holds until its mirror has them (each bounded alone); past it the TCP server stops reading its
+# clients until Redis (or the mirror) has taken some. 32 MiB is half a million 64-byte lines:
+# seconds of a busy front end's input, and far below its memory.
 MAX_BUFFERED_BYTES = 32 * 1024 * 1024
 # One batch (one script call) carries at most this much: Redis runs a script alone, and a
 # few milliseconds of it at a time keeps the other front ends' batches and reads flowing.
@@ -156,7 +157,9 @@ class RedisStore:
             await self._writable.wait()
 
     def _blocked(self) -> bool:
-        return self._buffered > MAX_BUFFERED_BYTES or self.mirror.lag > MAX_MIRROR_LAG
+        mirror = self.mirror
+        held = max(self._buffered, mirror.held_bytes)
+        return held > MAX_BUFFERED_BYTES or mirror.lag > MAX_MIRROR_LAG
 
     def _unblock(self) -> None:
         if self._writable is not None and not self._blocked():

@@ -72,7 +72,9 @@ class Mirror:
         self._registered: bytes | None = None  # the epoch the driver last registered in
         self.must_reload = False
         self._expected: deque[tuple[int, int, int]] = deque()  # (change number, mark, batch)
-        self._sent: dict[int, dict[int, Sequence[str]]] = {}  # batch -> its runs, by index
+        # batch number -> its runs by index, and its size; the sizes' sum is held_bytes
+        self._sent: dict[int, tuple[dict[int, Sequence[str]], int]] = {}
+        self.held_bytes = 0
         self._on_failure = on_failure
         self._on_progress = on_progress
 
@@ -82,9 +84,11 @@ class Mirror:
         return self.acked - self.applied
 
     def sent(self, batch: Batch) -> None:
-        """``batch`` is on its way to Redis: its runs are mirrored from it, not read back."""
-        if batch.runs:
-            self._sent[batch.number] = batch.runs
+        """``batch`` is on its way to Redis: its runs are mirrored from it, not read back (they
+        count in :attr:`held_bytes` until then)."""
+        if batch.runs and batch.number not in self._sent:
+            self._sent[batch.number] = batch.runs, batch.size
+            self.held_bytes += batch.size
 
     def registered(self, epoch: bytes) -> None:
         """The driver registered with Redis, whose data is of ``epoch``. If the mirror was
@@ -113,7 +117,9 @@ class Mirror:
         self._on_progress()
 
     def _committed(self, _changeno: int, mark: int, number: int) -> None:
-        self._sent.pop(number, None)  # every change of the batch is in the mirror now
+        held = self._sent.pop(number, None)  # every change of the batch is in the mirror now
+        if held is not None:
+            self.held_bytes -= held[1]
         self.registry.committed(mark)
 
     async def reload(self, scripts: Scripts) -> None:
@@ -185,7 +191,8 @@ class Mirror:
             origin, batch, index = run_place(fields)
         except (KeyError, ValueError):
             return None
-        return self._sent.get(batch, {}).get(index) if origin == self.frontend else None
+        held = self._sent.get(batch) if origin == self.frontend else None
+        return None if held is None else held[0].get(index)
 
     def _apply(
         self, entries: tuple[StreamEntry, ...], bodies: dict[tuple[bytes, bytes], bytes]
