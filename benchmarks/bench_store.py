@@ -22,7 +22,7 @@ The last line is one JSON object with the medians and the issue's targets: Redis
 front end (``/proc``) and of redis-server (``INFO cpu``) in the ``memory`` and ``redis``
 measures: where the time goes.
 
-    python benchmarks/bench_store.py [--quick] [--repeats N]
+    python benchmarks/bench_store.py [--quick] [--repeats N] [--backend asyncio|trio]
 """
 
 from __future__ import annotations
@@ -112,7 +112,12 @@ def redis_server() -> Iterator[Redis]:
 
 
 def ingest(
-    redis: Redis, store: str, front_ends: int, lines: int, cpu: dict[str, list[float]]
+    redis: Redis,
+    store: str,
+    front_ends: int,
+    lines: int,
+    cpu: dict[str, list[float]],
+    backend: str = "asyncio",
 ) -> float:
     """bench_server's load into ``front_ends`` servers (``store``: memory or redis); lines/s.
     Appends to ``cpu`` the CPU seconds per million lines of the front ends and of Redis."""
@@ -122,7 +127,7 @@ def ingest(
     with harness.children() as started:
         servers = []
         for _ in range(front_ends):
-            server = harness.Server("asyncio", tree, extra=extra)
+            server = harness.Server(backend, tree, extra=extra)
             started.append(server)
             servers.append(server)
         redis_before = redis.cpu_seconds()
@@ -148,14 +153,14 @@ def xadd(redis: Redis, entries: int) -> float:
     return float(row.split('","')[1])
 
 
-def latency(redis: Redis, seconds: float) -> dict[str, float]:
+def latency(redis: Redis, seconds: float, backend: str = "asyncio") -> dict[str, float]:
     """A client paces LATENCY_RATE lines/s into front end A; a tail on front end B."""
     tree = harness.trees(None)[0]
     redis.cli("FLUSHALL")
     expect = round(LATENCY_RATE * seconds)
     with harness.children() as started:
-        a = harness.Server("asyncio", tree, extra=["--store", redis.url])
-        b = harness.Server("asyncio", tree, with_http=True, extra=["--store", redis.url])
+        a = harness.Server(backend, tree, extra=["--store", redis.url])
+        b = harness.Server(backend, tree, with_http=True, extra=["--store", redis.url])
         started += [a, b]
         subscribe = ["--subscribe", str(b.http_port), "--mode", "latency", "--decoder", "raw"]
         tail = harness.Child(
@@ -175,7 +180,10 @@ def latency(redis: Redis, seconds: float) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     harness.add_arguments(parser, quick="shorter loads", repeats="repeats per measure (5)")
+    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio",
+                        help="the front ends' backend (default asyncio)")  # fmt: skip
     args = parser.parse_args()
+    backend = args.backend
     if args.compare:
         parser.error("bench_store compares the stores of one tree")
     repeats = args.repeats or 5
@@ -184,9 +192,9 @@ def main() -> None:
     cpu: dict[str, list[float]] = {}
     with redis_server() as redis:
         measures: dict[str, Callable[[], float]] = {
-            "memory": lambda: ingest(redis, "memory", 1, lines, cpu),
-            "redis": lambda: ingest(redis, "redis", 1, lines, cpu),
-            "redis_two": lambda: ingest(redis, "redis", 2, lines, {}),
+            "memory": lambda: ingest(redis, "memory", 1, lines, cpu, backend),
+            "redis": lambda: ingest(redis, "redis", 1, lines, cpu, backend),
+            "redis_two": lambda: ingest(redis, "redis", 2, lines, {}, backend),
             "xadd": lambda: xadd(redis, entries),
         }
         runs: dict[str, list[float]] = {name: [] for name in measures}
@@ -196,7 +204,7 @@ def main() -> None:
             unit = "entries/s" if name == "xadd" else "lines/s"
             harness.log(f"{name} {repeat}/{repeats}: {rate:,.0f} {unit}")
         seconds = QUICK_LATENCY_SECONDS if args.quick else LATENCY_SECONDS
-        across = latency(redis, seconds)
+        across = latency(redis, seconds, backend)
         harness.log(f"A to B at {LATENCY_RATE:,} lines/s: p50 {across['send_p50_ms']} ms, "
                     f"p99 {across['send_p99_ms']} ms")  # fmt: skip
     summary: dict[str, Any] = {f"{name}_per_s": round(statistics.median(rates))
@@ -213,7 +221,8 @@ def main() -> None:
         (f"a line sent to A reaches a tail on B: p99 < {TARGET_P99_MS:g} ms at "
          f"{LATENCY_RATE:,} lines/s", summary["a_to_b_p99_ms"] < TARGET_P99_MS),
     ]  # fmt: skip
-    settings = {"clients": harness.CLIENTS, "repeats": repeats, "quick": args.quick}
+    settings = {"clients": harness.CLIENTS, "repeats": repeats, "quick": args.quick,
+                "backend": backend}  # fmt: skip
     harness.emit(harness.trees(None), {"after": summary}, settings, must_hold)
 
 
