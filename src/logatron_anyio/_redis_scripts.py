@@ -10,8 +10,9 @@ Keys (all under ``logatron:``):
 
 - ``seq`` the last seq given out; ``changeno`` the number of the last change (each entry of
   ``changes`` carries its number ``i``, so a front end sees at once when it missed some);
-  ``epoch`` names this Redis's data (set by the first HELLO into an empty Redis): a front end
-  that registers and finds another than its mirror was loaded from knows Redis lost it;
+  ``epoch`` names this Redis's data (set by the first HELLO or BATCH into an empty Redis, and
+  anew once Redis restarted: ``run`` is the run id of the Redis that set it); a front end that
+  registers and finds another than its mirror was loaded from knows Redis may have lost some;
 - ``changes`` the stream of changes: ``k`` the kind (``r`` ready, ``l`` logged, ``s`` set,
   ``c`` closed, ``e`` expired), ``n`` the client, ``t`` the timestamp, and for ``l`` the first
   seq ``s``, the count ``c``, the truncated flag ``x``, the form ``f`` that reads the messages
@@ -26,7 +27,8 @@ Keys (all under ``logatron:``):
   that meets a run without its body loads anew;
 - ``claims`` name -> the connection holding it (``<front end id>:<n>``); ``held:<front end>``
   the names a front end holds; ``frontends`` the front ends registered; ``frontend:<id>`` a
-  front end's lease (a key with a TTL, refreshed by every batch); ``batch:<id>`` the number
+  front end's lease (a key with a TTL, refreshed by every batch; its value the epoch it was
+  taken in); ``batch:<id>`` the number
   of its last batch applied (``last``) and the results of the last ``BATCH_WINDOW`` (a batch
   sent again after a lost reply is not applied twice);
 - ``names`` every client; ``client:<name>`` its record (``c`` connected, ``ca``/``da``
@@ -199,6 +201,20 @@ local function set_key(conn, name, stamp, key, value, limits)
   return nil
 end
 
+-- The epoch of Redis's data. A new one when there is none yet, or when Redis restarted (its run
+-- id changed): a Redis that loaded its data from disk may have lost its last changes, and the
+-- change numbers the mirrors reached mean nothing there, even though its keys came back.
+local function current_epoch()
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  local epoch = redis.call('GET', P .. 'epoch')
+  if epoch and redis.call('GET', P .. 'run') == run then return epoch end
+  local now = redis.call('TIME')
+  epoch = run .. ':' .. now[1] .. '.' .. now[2]
+  redis.call('SET', P .. 'epoch', epoch)
+  redis.call('SET', P .. 'run', run)
+  return epoch
+end
+
 local function limits_from(first)
   return {
     buffer_size = tonumber(ARGV[first]),
@@ -216,7 +232,8 @@ _PRELUDE = _PRELUDE.replace("@BODIES_KEEP@", str(_BODIES_KEEP_SECONDS))
 # ``A conn name stamp truncated count messages form``, ``S conn name stamp key value``,
 # ``R conn name stamp``. Returns ``{'ok', changeno, index, code, detail, ...}`` (a refusal per
 # refused command, by its index), or ``{'lease'}`` when the front end's lease had expired (its
-# names may have been released: it registers again, then sends the batch again).
+# names may have been released) or was taken in another epoch (Redis restarted): it registers
+# again, then sends the batch again.
 BATCH = (
     _PRELUDE
     + """
@@ -227,9 +244,10 @@ if batch <= tonumber(redis.call('HGET', record, 'last') or '0') then
   if done then return cjson.decode(done) end
   return {'ok', redis.call('GET', P .. 'changeno') or '0'}
 end
-if not redis.call('SET', P .. 'frontend:' .. frontend, '1', 'PX', ARGV[3], 'XX') then
-  return {'lease'}
-end
+-- A lease holds the epoch it was taken in: in another (Redis restarted), register again.
+local lease = P .. 'frontend:' .. frontend
+if redis.call('GET', lease) ~= current_epoch() then return {'lease'} end
+redis.call('PEXPIRE', lease, ARGV[3])
 local limits = limits_from(4)
 local refusals = {}
 local i, index = 9, 0
@@ -294,7 +312,8 @@ if differs then
   end
 end
 for n = 1, 5 do redis.call('HSET', P .. 'config', fields[n], ARGV[n + 2]) end
-redis.call('SET', P .. 'frontend:' .. frontend, '1', 'PX', ARGV[2])
+local epoch = current_epoch()
+redis.call('SET', P .. 'frontend:' .. frontend, epoch, 'PX', ARGV[2])
 redis.call('SADD', P .. 'frontends', frontend)
 redis.call('PERSIST', P .. 'bodies:' .. frontend)  -- kept while it lives, even if it lapsed
 if redis.call('SCARD', P .. 'frontends') >= 2 then  -- each has a reader again (see release)
@@ -305,10 +324,8 @@ end
 if tonumber(redis.call('GET', P .. 'seq') or '0') < tonumber(ARGV[8]) then
   redis.call('SET', P .. 'seq', ARGV[8])  -- seqs are never given twice, even by a new Redis
 end
-local now = redis.call('TIME')
-redis.call('SET', P .. 'epoch', frontend .. ':' .. now[1] .. '.' .. now[2], 'NX')
 local limits = limits_from(3)
-local result = {'ok', '0', redis.call('GET', P .. 'epoch')}
+local result = {'ok', '0', epoch}
 local i, index = 9, 0
 while i <= #ARGV do
   local refusal = claim(frontend, ARGV[i], ARGV[i + 1], ARGV[i + 2], limits)
