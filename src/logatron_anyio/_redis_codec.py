@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import SplitResult, parse_qs, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from logatron_core import (
     Append,
@@ -96,8 +96,14 @@ def tls_options(parts: SplitResult) -> dict[str, str]:
     Raises StoreUrlError for an unknown or repeated option, a value it does not take, or
     options in a ``redis://`` URL."""
     shown = redact(parts.geturl())
+    found: dict[str, list[str]] = {}
+    for field in filter(None, parts.query.split("&")):
+        # %xx escapes are decoded, not '+': that is a space in HTML forms only, and a plus in
+        # a file's path
+        name, _, value = field.partition("=")
+        found.setdefault(unquote(name), []).append(unquote(value))
     options: dict[str, str] = {}
-    for name, values in parse_qs(parts.query, keep_blank_values=True).items():
+    for name, values in found.items():
         if name not in TLS_OPTIONS:
             known = ", ".join(TLS_OPTIONS)
             raise StoreUrlError(f"--store {shown}: unknown option {name!r} (takes {known})")
@@ -108,6 +114,12 @@ def tls_options(parts: SplitResult) -> dict[str, str]:
             takes = " or ".join(allowed) if allowed else "one path"
             raise StoreUrlError(f"--store {shown}: {name} takes {takes}")
         options[name] = values[0]
+    if "ssl_keyfile" in options and "ssl_certfile" not in options:
+        raise StoreUrlError(f"--store {shown}: ssl_keyfile goes with ssl_certfile")
+    if options.get("ssl_cert_reqs") == "none" and options.get("ssl_check_hostname") == "true":
+        raise StoreUrlError(
+            f"--store {shown}: with ssl_cert_reqs=none, ssl_check_hostname=true checks nothing"
+        )
     return options
 
 
