@@ -97,10 +97,10 @@ def tls_options(parts: SplitResult) -> dict[str, str]:
     options in a ``redis://`` URL."""
     shown = redact(parts.geturl())
     found: dict[str, list[str]] = {}
-    for field in filter(None, parts.query.split("&")):
+    for pair in filter(None, parts.query.split("&")):
         # %xx escapes are decoded, not '+': that is a space in HTML forms only, and a plus in
         # a file's path
-        name, _, value = field.partition("=")
+        name, _, value = pair.partition("=")
         found.setdefault(unquote(name), []).append(unquote(value))
     options: dict[str, str] = {}
     for name, values in found.items():
