@@ -72,3 +72,44 @@ def test_tls_options_that_would_be_ignored_are_refused(query: str, said: str) ->
 
     with pytest.raises(StoreUrlError, match=said):
         tls_context(f"rediss://127.0.0.1:6379/0?{query}")
+
+
+@pytest.mark.anyio
+async def test_a_mirror_that_finds_a_new_epoch_before_its_driver_does_not_reload_in_a_loop(
+    own_redis: RedisServer,
+) -> None:
+    """Redis restarts empty; front end b registers again at once (its clients write), a (idle,
+    a long lease: its heartbeat is seconds away) reloads, finds b's new epoch, not the one its
+    driver registered in. Until a's driver registers again, each reload is a snapshot of the
+    whole store (a script that holds Redis): a must not take one after each read of b's
+    changes."""
+    async with (
+        front_end(own_redis.url(), lease_seconds=30) as a,
+        front_end(own_redis.url(), lease_seconds=30) as b,
+        peer(a.tcp_port, b"IAM x\nPING\n") as x,
+        peer(b.tcp_port, b"IAM y\nPING\n") as y,
+    ):
+        assert await x.line() == b"PONG\n"
+        assert await y.line() == b"PONG\n"
+        scripts = a.store._scripts
+        assert scripts is not None
+        real = scripts.snapshot
+        calls = 0
+
+        async def snapshot() -> Any:
+            nonlocal calls
+            calls += 1
+            return await real()
+
+        scripts.snapshot = snapshot  # type: ignore[method-assign]
+        await anyio.to_thread.run_sync(own_redis.kill)
+        await anyio.to_thread.run_sync(own_redis.start)
+        with anyio.move_on_after(2.0):
+            while True:  # b's client writes: b registers again, and its changes flow
+                await y.send(b"".join(b"LOG %d\n" % n for n in range(20)) + b"PING\n")
+                assert await y.line() == b"PONG\n"
+        assert calls <= 5, f"{calls} snapshots in 2 s"
+        # And a still answers its client's PING once it has registered again.
+        await x.send(b"LOG after\nPING\n")
+        assert await x.line() == b"PONG\n"
+        assert [e.message for e in a.registry.log("x")] == ["after"]

@@ -124,6 +124,7 @@ class RedisStore:
         self.mirror = Mirror(
             registry, self.frontend, self.shown_url, clock, self._failed, self._unblock
         )
+        self.mirror.on_unregistered = self._register_soon
         self._limits = limits_args(registry)
         self._pending: deque[Batch] = deque()  # taken, not yet acknowledged, oldest first
         self._buffered = 0  # bytes in _pending
@@ -262,6 +263,11 @@ class RedisStore:
             if self._stopping and self._drained is not None:
                 self._drained.set()
                 await anyio.sleep_forever()
+
+    def _register_soon(self) -> None:
+        """The mirror cannot go on until this front end registers again: do it now."""
+        self._must_register = True
+        self.pong_held()
 
     def _take(self, *, heartbeat: bool = True) -> None:
         """Move the queued commands into the last batch not sent yet, or new ones (with

@@ -77,6 +77,11 @@ class Mirror:
         self.held_bytes = 0
         self._on_failure = on_failure
         self._on_progress = on_progress
+        # Told when the mirror cannot go on until the driver registers again (the driver does
+        # so at once): Redis's data is of another epoch than the driver registered in, or
+        # another front end's run has no body (none was written: this front end is not among
+        # the registered ones, its lease lapsed or Redis restarted).
+        self.on_unregistered: Callable[[], None] = lambda: None
 
     @property
     def lag(self) -> int:
@@ -96,8 +101,10 @@ class Mirror:
         mean nothing there: it loads anew, and confirms nothing until then."""
         self._registered = epoch
         if self._stale:
-            self._reloading("Redis lost its data (it restarted empty)")
+            self._reloading("Redis lost its data, or some (it restarted)")
             self.must_reload = True
+        else:
+            self._confirm()  # the mirror was loaded from this epoch already
 
     @property
     def _stale(self) -> bool:
@@ -134,7 +141,9 @@ class Mirror:
         mirror, self.applied, self.last_id, self.epoch = load_snapshot(result, self.clock())
         mirror.restore_last_seq(floor)  # a tail's cursor never goes back
         self.registry.replace_mirror(mirror)
-        self.must_reload = self._stale  # a snapshot of the data Redis had before it restarted
+        self.must_reload = False
+        if self._stale:  # the data Redis has now, not that the driver registered with: the
+            self.on_unregistered()  # driver registers again (not a snapshot per change till then)
         while expected and before is not None and expected[0][2] <= before and not self._stale:
             self._committed(*expected.popleft())
         self.acked = max([self.applied, *(changeno for changeno, _, _ in expected)])
@@ -210,6 +219,8 @@ class Mirror:
                 if fields[b"k"] == b"l":
                     messages = self._own_run(fields)
                     if messages is None:
+                        if b"b" not in fields and fields.get(b"o") != self.frontend:
+                            self.on_unregistered()  # its front end thought it alone
                         messages = bodies.get((fields.get(b"o", b""), fields.get(b"b", b"")))
                 apply_change(registry, fields, messages)
             except (LogatronError, KeyError, ValueError, IndexError) as error:
