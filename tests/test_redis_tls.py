@@ -13,7 +13,10 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+import trustme
 
+from logatron_anyio._redis_client import tls_context
+from logatron_anyio._redis_codec import StoreUrlError
 from pki import Pki
 from redis_server import RedisServer
 from served import served
@@ -112,3 +115,28 @@ def test_a_front_end_presents_the_client_certificate_its_url_names(
     pem = pki.client_pem("front-end")  # its key and certificate in one file
     with served("--store", rediss(asking, ssl_ca_certs=pki.ca_file, ssl_certfile=pem)) as server:
         assert talk(server.port, b"IAM x\nPING\n") == b"PONG\n"
+
+
+def test_a_tls_file_whose_path_holds_a_plus_is_the_file_the_url_names(tmp_path: Path) -> None:
+    """A '+' in a query is a space only in HTML forms: ``ssl_ca_certs=/certs/ca+1.pem`` names
+    that file (a space is written %20)."""
+    ca = trustme.CA()
+    path = tmp_path / "ca+1.pem"
+    ca.cert_pem.write_to_path(str(path))
+    assert tls_context(f"rediss://127.0.0.1:6379/0?ssl_ca_certs={path}") is not None
+    spaced = tmp_path / "ca 2.pem"
+    ca.cert_pem.write_to_path(str(spaced))
+    encoded = str(spaced).replace(" ", "%20")
+    assert tls_context(f"rediss://127.0.0.1:6379/0?ssl_ca_certs={encoded}") is not None
+
+
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        ("ssl_keyfile=/no/such/key.pem", "ssl_keyfile goes with ssl_certfile"),
+        ("ssl_cert_reqs=none&ssl_check_hostname=true", "ssl_check_hostname=true checks nothing"),
+    ],
+)
+def test_tls_options_that_would_be_ignored_are_refused(query: str, said: str) -> None:
+    with pytest.raises(StoreUrlError, match=said):
+        tls_context(f"rediss://127.0.0.1:6379/0?{query}")
