@@ -15,11 +15,12 @@ import anyio
 import pytest
 
 from logatron_anyio._redis_client import Scripts, open_client
+from logatron_anyio._redis_codec import Batch, limits_args
 from logatron_core import Session
 from redis_server import RedisServer, module_redis
 from test_http import until
 from test_redis import TIMEOUT, front_end, get_body, peer
-from test_redis_model import RedisFront
+from test_redis_model import RedisFront, one_front
 
 redis = pytest.fixture(scope="module")(module_redis)
 
@@ -50,10 +51,8 @@ class SnapshotThenBatch:
 
 async def reload_while_a_batch_is_acknowledged(url: str, check_pong: bool) -> None:
     async with open_client(url) as client:
-        await client.flushdb()
-        scripts = Scripts(client)
-        a = RedisFront(client, scripts, "fa", 3)
-        await a.hello()
+        a = await one_front(client)
+        scripts = a.scripts
         session = Session(a.registry)
         session.receive_data(b"IAM x\nPING\n", 1.0)
         await drive(a)
@@ -261,3 +260,46 @@ async def test_a_mirror_that_finds_a_new_epoch_before_its_driver_does_not_reload
         await x.send(b"LOG after\nPING\n")
         assert await x.line() == b"PONG\n"
         assert [e.message for e in a.registry.log("x")] == ["after"]
+
+
+async def out_of_order(url: str) -> None:
+    async with open_client(url) as client:
+        a = await one_front(client)
+        scripts = a.scripts
+        limits = limits_args(a.registry)
+        session = Session(a.registry)
+        session.receive_data(b"IAM x\nLOG first\n", 1.0)
+        _, commands = a.registry.take()
+        batches = [Batch(1, 0), Batch(2, 0)]
+        assert not a.encoder.encode(batches[0], commands[:1], 2**30)  # the claim
+        assert not a.encoder.encode(batches[1], commands[1:], 2**30)  # the line
+
+        async def send(batch: Batch) -> Any:
+            a.replicator.sent(batch)
+            return await scripts.batch(["fa", str(batch.number), "60000", *limits, *batch.args])
+
+        # Batch 1 failed (NOSCRIPT, say) while batch 2 found the script loaded again:
+        assert await send(batches[1]) == [b"gap"]  # not applied before 1
+        assert await client.exists([b"logatron:client:x"]) == 0
+        assert (await send(batches[0]))[0] == b"ok"
+        assert (await send(batches[1]))[0] == b"ok"
+        assert await a.mirror() == 0
+        assert messages(a, "x") == ["first"]
+
+
+def test_a_batch_whose_predecessor_was_not_applied_waits_for_it(redis: RedisServer) -> None:
+    anyio.run(out_of_order, redis.url())
+
+
+@pytest.mark.anyio
+async def test_a_front_end_told_of_a_gap_registers_again_and_sends_its_batches_again(
+    store_url: str,
+) -> None:
+    async with front_end(store_url) as a, peer(a.tcp_port, b"IAM x\nPING\n") as x:
+        assert await x.line() == b"PONG\n"
+        # Redis forgets which batches it applied (as if the record were lost): the next batch
+        # is not the one after the last it knows of.
+        await a.store._client.delete([f"logatron:batch:{a.store.frontend}"])  # type: ignore[union-attr]
+        await x.send(b"LOG after the gap\nPING\n")
+        assert await x.line() == b"PONG\n"
+        assert [entry.message for entry in a.registry.log("x")] == ["after the gap"]

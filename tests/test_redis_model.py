@@ -61,7 +61,7 @@ class RedisFront:
 
     async def hello(self) -> None:
         limits = limits_args(self.registry)
-        result = await self.scripts.hello([self.encoder.frontend, "60000", *limits, "0"])
+        result = await self.scripts.hello([self.encoder.frontend, "60000", *limits, "0", "0"])
         assert result[0] == b"ok"
 
     async def sync(self, *, confirm_at_once: bool = True) -> None:
@@ -162,6 +162,14 @@ def test_the_scripts_decide_as_the_model_does(
     anyio.run(play, redis.url(), script, max_clients)
 
 
+async def one_front(client: Client[bytes]) -> RedisFront:
+    """Redis emptied, and one front end ``fa`` registered in it."""
+    await client.flushdb()
+    front = RedisFront(client, Scripts(client), "fa", 3)
+    await front.hello()
+    return front
+
+
 async def two_fronts(client: Client[bytes]) -> tuple[RedisFront, RedisFront]:
     await client.flushdb()
     scripts = Scripts(client)
@@ -215,10 +223,8 @@ def test_a_run_whose_body_is_gone_makes_the_mirror_load_anew(redis: RedisServer)
 
 async def join_late(url: str) -> None:
     async with open_client(url) as client:
-        await client.flushdb()
-        scripts = Scripts(client)
-        a = RedisFront(client, scripts, "fa", 3)
-        await a.hello()
+        a = await one_front(client)
+        scripts = a.scripts
         session = Session(a.registry)
         session.receive_data(b"IAM x\nLOG alone\n", 1.0)
         await a.sync()

@@ -313,11 +313,13 @@ class RedisStore:
                 await _drain(in_flight)
                 await pipe.load()
                 continue
-            if result[0] == b"lease":  # so are the calls after this one: none was applied
+            if result[0] in (b"lease", b"gap"):  # so are the calls after it: none was applied
                 await _drain(in_flight)
+                why = "its lease expired" if result[0] == b"lease" else "a batch went missing"
                 logger.warning(
-                    "front end %s found its lease expired: registering again",
+                    "front end %s found %s: registering again",
                     self.frontend,
+                    why,
                     extra={"event": "store-lease-lost", "frontend": self.frontend},
                 )
                 await self._register()
@@ -352,6 +354,7 @@ class RedisStore:
             self._lease_ms,
             *self._limits,
             str(self.registry.last_seq),
+            str(self._pending[0].number - 1 if self._pending else self._batches),
             *self._encoder.claims_args(),
         ]
         result = await self._scripts.hello(args)

@@ -231,19 +231,24 @@ _PRELUDE = _PRELUDE.replace("@BODIES_KEEP@", str(_BODIES_KEEP_SECONDS))
 # max state keys, retention seconds, max retained), then the commands: ``C conn name stamp``,
 # ``A conn name stamp truncated count messages form``, ``S conn name stamp key value``,
 # ``R conn name stamp``. Returns ``{'ok', changeno, index, code, detail, ...}`` (a refusal per
-# refused command, by its index), or ``{'lease'}`` when the front end's lease had expired (its
-# names may have been released) or was taken in another epoch (Redis restarted): it registers
-# again, then sends the batch again.
+# refused command, by its index), ``{'lease'}`` when the front end's lease had expired (its
+# names may have been released) or was taken in another epoch (Redis restarted), or ``{'gap'}``
+# when the batch before it was not applied: it registers again, then sends the batches again.
 BATCH = (
     _PRELUDE
     + """
 local frontend, batch = ARGV[1], tonumber(ARGV[2])
 local record = P .. 'batch:' .. frontend
-if batch <= tonumber(redis.call('HGET', record, 'last') or '0') then
+local last = tonumber(redis.call('HGET', record, 'last') or '0')
+if batch <= last then
   local done = redis.call('HGET', record, ARGV[2])
   if done then return cjson.decode(done) end
   return {'ok', redis.call('GET', P .. 'changeno') or '0'}
 end
+-- Batches are applied in the order they are numbered: one whose predecessor was not applied
+-- (it failed, say with NOSCRIPT after SCRIPT FLUSH, while this one found the script loaded
+-- again) waits for it, or it would be confirmed by the predecessor's replay above, unapplied.
+if batch ~= last + 1 then return {'gap'} end
 -- A lease holds the epoch it was taken in: in another (Redis restarted), register again.
 local lease = P .. 'frontend:' .. frontend
 if redis.call('GET', lease) ~= current_epoch() then return {'lease'} end
@@ -288,8 +293,10 @@ return result
 )
 
 # Registers a front end (at start, and again after its lease expired or Redis restarted).
-# ARGV: front end id, lease in ms, the five limits, the highest seq it has seen, then the claims
-# it holds (``conn name stamp``), claimed again. Returns ``{'ok', changeno, epoch, index, code,
+# ARGV: front end id, lease in ms, the five limits, the highest seq it has seen, the number of
+# the last batch it needs applied no more (the one before its first unacknowledged: those were
+# applied, or lost with Redis's data), then the claims it holds (``conn name stamp``), claimed
+# again. Returns ``{'ok', changeno, epoch, index, code,
 # detail, ...}`` (the claims refused), or ``{'config', <the five stored limits>}`` when live
 # front ends use other limits (the limits are the deployment's: when no front end is live, the
 # new ones replace them).
@@ -324,9 +331,14 @@ end
 if tonumber(redis.call('GET', P .. 'seq') or '0') < tonumber(ARGV[8]) then
   redis.call('SET', P .. 'seq', ARGV[8])  -- seqs are never given twice, even by a new Redis
 end
+local record = P .. 'batch:' .. frontend
+if tonumber(redis.call('HGET', record, 'last') or '0') < tonumber(ARGV[9]) then
+  redis.call('HSET', record, 'last', ARGV[9])  -- never lowered: a batch is not applied twice
+  redis.call('EXPIRE', record, @RECORD@)
+end
 local limits = limits_from(3)
 local result = {'ok', '0', epoch}
-local i, index = 9, 0
+local i, index = 10, 0
 while i <= #ARGV do
   local refusal = claim(frontend, ARGV[i], ARGV[i + 1], ARGV[i + 2], limits)
   if refusal then
@@ -338,7 +350,7 @@ while i <= #ARGV do
 end
 result[2] = redis.call('GET', P .. 'changeno') or '0'
 return result
-"""
+""".replace("@RECORD@", str(_BATCH_RECORD_SECONDS))
 )
 
 # Releases the names of front ends whose lease expired and forgets the clients retained past
