@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -550,6 +551,20 @@ def test_a_wrong_password_or_database_is_refused_without_showing_the_password(
         line = result.stderr.splitlines()[-1]
         assert line.startswith(f"logatron: cannot use the store at {redact(url)}: "), line
         assert said in line
+
+
+def test_a_password_with_characters_a_url_escapes_is_sent_as_meant(
+    redis: RedisServer, store_url: str
+) -> None:
+    password = "p@ss/w%rd:1"  # each of these must be escaped in a URL's user info
+    assert redis.command("ACL", "SETUSER", "escaped", "on", f">{password}", "~*", "&*",
+                         "+@all") == b"+OK\r\n"  # fmt: skip
+    try:
+        url = f"redis://escaped:{urllib.parse.quote(password, safe='')}@127.0.0.1:{redis.port}/0"
+        with served("--store", url) as server:
+            assert talk(server.port, b"IAM x\nPING\n") == b"PONG\n"
+    finally:
+        redis.command("ACL", "DELUSER", "escaped")
 
 
 def test_store_with_a_data_dir_is_a_usage_error(tmp_path: Path) -> None:

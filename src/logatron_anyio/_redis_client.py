@@ -109,6 +109,7 @@ def open_client(
     ``ssl_context`` (see :func:`tls_context`; coredis's own default checks no host name)."""
     pool: coredis.ConnectionPool[Any] = coredis.ConnectionPool.from_url(
         url,
+        decode_components=True,  # a password's %xx escapes (as for '@' or '/') are decoded
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         stream_timeout=REPLY_TIMEOUT_SECONDS,
         max_connections=max_connections,
