@@ -315,12 +315,15 @@ class RedisStore:
                 continue
             if result[0] in (b"lease", b"gap"):  # so are the calls after it: none was applied
                 await _drain(in_flight)
-                why = "its lease expired" if result[0] == b"lease" else "a batch went missing"
+                lease = result[0] == b"lease"
                 logger.warning(
                     "front end %s found %s: registering again",
                     self.frontend,
-                    why,
-                    extra={"event": "store-lease-lost", "frontend": self.frontend},
+                    "its lease expired" if lease else "a batch went missing",
+                    extra={
+                        "event": "store-lease-lost" if lease else "store-batch-gap",
+                        "frontend": self.frontend,
+                    },
                 )
                 await self._register()
                 continue
@@ -348,6 +351,7 @@ class RedisStore:
         """HELLO: the lease, the limits, the seq floor, and the names held, claimed again.
         Raises StoreUnavailable when live front ends have other limits."""
         assert self._scripts is not None
+        self._must_register = False  # a request made while HELLO runs is not lost
         claims = list(self._encoder.held.items())
         args = [
             self.frontend,
@@ -373,7 +377,6 @@ class RedisStore:
             connection, claim = claims[index]
             self._encoder.forget(connection, claim.session)
             self.registry.refused(claim, ErrorCode(code), detail, now)
-        self._must_register = False
 
     @property
     def _lease_ms(self) -> str:
