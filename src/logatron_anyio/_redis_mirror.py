@@ -174,26 +174,38 @@ class Mirror:
         if not reply:
             return False
         entries = reply[CHANGES]
-        self._apply(entries, await self._bodies(client, entries))
+        self._apply(entries, await self._runs(client, entries))
         return True
 
-    async def _bodies(
+    async def _runs(
         self, client: Client[bytes], entries: tuple[StreamEntry, ...]
-    ) -> dict[tuple[bytes, bytes], bytes]:
-        """The bodies of the runs among ``entries`` that this front end does not hold (other
-        front ends sent them): (front end, body id) -> bytes. An entry that does not say
-        where its run is gets nothing (applying it fails, and the mirror is reloaded)."""
-        wanted: dict[bytes, list[bytes]] = {}
+    ) -> dict[bytes, Sequence[str] | bytes]:
+        """The messages of the runs among ``entries``, by the id of their change: this front
+        end's own from the batches it sent, the others' read from their front end's bodies.
+        A run found in neither (its body is gone, or none was written) is left out: applying
+        it fails, and the mirror is reloaded."""
+        runs: dict[bytes, Sequence[str] | bytes] = {}
+        wanted: dict[bytes, list[tuple[bytes, bytes]]] = {}  # front end -> (body, change) ids
         for entry in entries:
             fields: Mapping[Any, Any] = entry.field_values
-            if fields.get(b"k") == b"l" and self._own_run(fields) is None and b"b" in fields:
-                wanted.setdefault(fields.get(b"o", b""), []).append(fields[b"b"])
-        found: dict[tuple[bytes, bytes], bytes] = {}
+            if fields.get(b"k") != b"l":
+                continue
+            own = self._own_run(fields)
+            if own is not None:
+                runs[_identifier(entry)] = own
+            elif b"b" in fields:
+                wanted.setdefault(fields.get(b"o", b""), []).append(
+                    (fields[b"b"], _identifier(entry))
+                )
         for origin, ids in wanted.items():  # a front end's bodies are in the order of its runs
-            for body in await client.xrange(BODIES + origin, ids[0], ids[-1]):
+            bodies: dict[bytes, bytes] = {}
+            for body in await client.xrange(BODIES + origin, ids[0][0], ids[-1][0]):
                 values: Mapping[Any, Any] = body.field_values
-                found[(origin, _identifier(body))] = values[b"m"]
-        return found
+                bodies[_identifier(body)] = values[b"m"]
+            for body_id, change_id in ids:
+                if body_id in bodies:
+                    runs[change_id] = bodies[body_id]
+        return runs
 
     def _own_run(self, fields: Mapping[Any, Any]) -> Sequence[str] | None:
         try:
@@ -204,7 +216,7 @@ class Mirror:
         return None if held is None else held[0].get(index)
 
     def _apply(
-        self, entries: tuple[StreamEntry, ...], bodies: dict[tuple[bytes, bytes], bytes]
+        self, entries: tuple[StreamEntry, ...], runs: dict[bytes, Sequence[str] | bytes]
     ) -> None:
         registry = self.registry
         for entry in entries:
@@ -214,21 +226,19 @@ class Mirror:
                 self._reloading(f"change {number} follows change {self.applied}")
                 self.must_reload = True
                 break
+            identifier = _identifier(entry)
             try:
-                messages: Sequence[str] | bytes | None = None
-                if fields[b"k"] == b"l":
-                    messages = self._own_run(fields)
-                    if messages is None:
-                        if b"b" not in fields and fields.get(b"o") != self.frontend:
-                            self.on_unregistered()  # its front end thought it alone
-                        messages = bodies.get((fields.get(b"o", b""), fields.get(b"b", b"")))
+                messages = runs.get(identifier)
+                if fields[b"k"] == b"l" and messages is None and b"b" not in fields:
+                    if fields.get(b"o") != self.frontend:
+                        self.on_unregistered()  # its front end thought it alone
                 apply_change(registry, fields, messages)
             except (LogatronError, KeyError, ValueError, IndexError) as error:
                 self._reloading(f"change {number} does not apply ({error!r})")
                 self.must_reload = True
                 break
             self.applied = number
-            self.last_id = _identifier(entry)
+            self.last_id = identifier
         self._confirm()
 
     def _reloading(self, why: str) -> None:
