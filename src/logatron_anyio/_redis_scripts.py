@@ -28,9 +28,9 @@ Keys (all under ``logatron:``):
 - ``claims`` name -> the connection holding it (``<front end id>:<n>``); ``held:<front end>``
   the names a front end holds; ``frontends`` the front ends registered; ``frontend:<id>`` a
   front end's lease (a key with a TTL, refreshed by every batch; its value the epoch it was
-  taken in); ``batch:<id>`` the number
-  of its last batch applied (``last``) and the results of the last ``BATCH_WINDOW`` (a batch
-  sent again after a lost reply is not applied twice);
+  taken in); ``batch:<id>`` the number of its last batch applied (``last``; batches are applied
+  in their order) and the results of the last ``BATCH_WINDOW`` (a batch sent again after a lost
+  reply is not applied twice);
 - ``names`` every client; ``client:<name>`` its record (``c`` connected, ``ca``/``da``
   connected/disconnected at, ``r`` lines received, ``v`` evicted, ``et`` the seq of the newest
   evicted line, ``b`` lines buffered, ``k`` lines of the oldest run already evicted);
@@ -296,10 +296,9 @@ return result
 # ARGV: front end id, lease in ms, the five limits, the highest seq it has seen, the number of
 # the last batch it needs applied no more (the one before its first unacknowledged: those were
 # applied, or lost with Redis's data), then the claims it holds (``conn name stamp``), claimed
-# again. Returns ``{'ok', changeno, epoch, index, code,
-# detail, ...}`` (the claims refused), or ``{'config', <the five stored limits>}`` when live
-# front ends use other limits (the limits are the deployment's: when no front end is live, the
-# new ones replace them).
+# again. Returns ``{'ok', changeno, epoch, index, code, detail, ...}`` (the claims refused), or
+# ``{'config', <the five stored limits>}`` when live front ends use other limits (the limits are
+# the deployment's: when no front end is live, the new ones replace them).
 HELLO = (
     _PRELUDE
     + """
