@@ -130,3 +130,18 @@ def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+def own_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """The body of an ``own_redis`` fixture: a Redis of the test's own, to stop, kill and
+    restart."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def emptied(redis: RedisServer) -> str:
+    """The body of a ``store_url`` fixture: the module's Redis, emptied; its URL."""
+    assert redis.command("FLUSHALL") == b"+OK\r\n"
+    return redis.url()

@@ -36,7 +36,7 @@ from logatron_anyio._redis_codec import redact
 from logatron_anyio.cli import logatron
 from logatron_anyio.cli.common import only
 from logatron_core import LogEntry, RemoteRegistry
-from redis_server import RedisServer, free_port, module_redis
+from redis_server import RedisServer, emptied, free_port, module_redis, own_server
 from served import Served, served
 from test_http import get, until
 
@@ -45,22 +45,8 @@ COMMAND = [sys.executable, "-m", "logatron_anyio"]
 
 
 redis = pytest.fixture(scope="module")(module_redis)
-
-
-@pytest.fixture
-def store_url(redis: RedisServer) -> str:
-    """The module's Redis, emptied."""
-    assert redis.command("FLUSHALL") == b"+OK\r\n"
-    return redis.url()
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of this test's own, to stop, kill and restart."""
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
+store_url = pytest.fixture(emptied)
+own_redis = pytest.fixture(own_server)
 
 
 @dataclass

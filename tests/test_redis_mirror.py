@@ -17,12 +17,14 @@ import pytest
 from logatron_anyio._redis_client import Scripts, open_client
 from logatron_anyio._redis_codec import Batch, limits_args
 from logatron_core import Session
-from redis_server import RedisServer, module_redis
+from redis_server import RedisServer, emptied, module_redis, own_server
 from test_http import until
 from test_redis import TIMEOUT, front_end, get_body, peer
 from test_redis_model import RedisFront, one_front
 
 redis = pytest.fixture(scope="module")(module_redis)
+store_url = pytest.fixture(emptied)
+own_redis = pytest.fixture(own_server)
 
 
 async def drive(front: RedisFront) -> None:
@@ -84,12 +86,6 @@ def test_a_lone_front_end_reads_its_own_run_acknowledged_during_a_reload_without
     """The batch's runs were dropped from Mirror._sent by the reload: a lone front end wrote
     no body for them, so its mirror cannot apply its own change and loads everything again."""
     anyio.run(reload_while_a_batch_is_acknowledged, redis.url(), False)
-
-
-@pytest.fixture
-def store_url(redis: RedisServer) -> str:
-    assert redis.command("FLUSHALL") == b"+OK\r\n"
-    return redis.url()
 
 
 @pytest.mark.anyio
@@ -169,14 +165,6 @@ async def left_alone(url: str) -> None:
 
 def test_the_bodies_of_a_front_end_left_alone_expire(redis: RedisServer) -> None:
     anyio.run(left_alone, redis.url())
-
-
-@pytest.fixture
-def own_redis(tmp_path: Any) -> Any:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.anyio
