@@ -11,8 +11,10 @@ from typing import Any
 from logatron_core import (
     Append,
     Claim,
+    ClientReady,
     ErrorCode,
     Lines,
+    Logged,
     MemoryStore,
     NameTaken,
     RegistryRefusal,
@@ -221,3 +223,25 @@ def test_a_run_travels_to_a_shared_store_as_its_bytes_and_back() -> None:
     for messages in [("a", "b"), ("with\nnewline", ""), ("\udcff",)]:
         form, data = encode_run(messages)
         assert decode_run(form, data, len(messages)) == messages
+
+
+def test_a_cursor_from_a_front_end_further_ahead_is_followed_without_repeats() -> None:
+    shared = SharedStore()
+    a, b = FrontEnd(shared), FrontEnd(shared)
+    session = Session(a.registry)
+    session.receive_data(b"IAM w\nLOG one\nLOG two\nLOG three\n", 1.0)
+    a.sync()
+    a.mirror()
+    cursor = a.registry.log("w")[1].seq  # a reader of a stopped after "two"
+    events: list[Any] = []
+    snapshot, _ = b.registry.follow(events.append, since=cursor)  # b has mirrored nothing yet
+    assert (snapshot.runs, snapshot.last_seq, snapshot.missed) == ([], cursor, 0)
+    session.receive_data(b"LOG four\n", 2.0)
+    a.sync()
+    b.mirror()  # the run up to "three", then "four": only what comes after the cursor
+    logged = [event for event in events if isinstance(event, Logged)]
+    assert [(run.first_seq, list(run.messages)) for run in logged] == [
+        (cursor + 1, ["three"]),
+        (cursor + 2, ["four"]),
+    ]
+    assert any(isinstance(event, ClientReady) for event in events)  # other events still come

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ._errors import ErrorCode, NameTaken
-from ._events import ClientClosed, ClientExpired, ClientReady, Logged, StateSet
+from ._events import ClientClosed, ClientExpired, ClientReady, Logged, RegistryEvent, StateSet
 from ._lines import Lines
 from ._memory import RUN_FORMS, MemoryStore
 from ._registry import Registry
+from ._store import Snapshot, Subscriber
 
 # The shared store enforces the deployment's limits; the mirror takes what it decided.
 _NO_LIMIT = 2**62
@@ -192,6 +193,28 @@ class RemoteRegistry(Registry):
         if hasattr(command.session, "refuse_late"):
             origin: _Origin = command.session
             origin.refuse_late(code, detail, now)
+
+    def follow(
+        self, subscriber: Subscriber, since: int = 0, client: str | None = None
+    ) -> tuple[Snapshot, Callable[[], None]]:
+        """Subscribe and snapshot in one step (see LogSource.follow). A cursor past the
+        mirror's newest seq comes from a front end whose mirror is further ahead (seqs are
+        the deployment's: they never start again): the snapshot is empty and reaches the
+        cursor, and the lines up to it are not delivered when this mirror gets them."""
+        if since <= self.mirror.last_seq:
+            return super().follow(subscriber, since, client)
+
+        def after_cursor(event: RegistryEvent) -> None:
+            if type(event) is Logged and event.first_seq <= since:
+                keep = event.last_seq - since
+                if keep <= 0:
+                    return
+                messages = event.messages
+                kept = messages.tail(keep) if type(messages) is Lines else messages[-keep:]
+                event = Logged(event.name, since + 1, event.timestamp, kept, event.truncated)
+            subscriber(event)
+
+        return Snapshot([], since, 0), self.subscribe(after_cursor)
 
     def replace_mirror(self, mirror: MemoryStore) -> None:
         """Serve every read from ``mirror`` from now on: the shared store's state, loaded anew
